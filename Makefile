@@ -1,0 +1,62 @@
+# mmcourse — `make test` and `make course` work on a fresh clone: both run `setup` first.
+SHELL := /bin/bash
+PYTHON ?= python3
+PROFILE ?= default
+SEED ?= 0
+
+# Use an active conda environment when there is one, else a local .venv.
+ifdef CONDA_PREFIX
+ENV_DIR := $(CONDA_PREFIX)
+else
+ENV_DIR := $(CURDIR)/.venv
+endif
+BIN := $(ENV_DIR)/bin
+STAMP := $(ENV_DIR)/.mmcourse-installed
+export PATH := $(BIN):$(PATH)
+export MPLBACKEND := Agg
+export PYTHONUNBUFFERED := 1
+# Jupyter prints a warning about platformdirs migration otherwise.
+export JUPYTER_PLATFORM_DIRS := 1
+
+NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
+
+.PHONY: setup test unit notebooks-smoke course lab execute clean bench
+
+setup: $(STAMP)
+
+# Redone whenever requirements.txt or pyproject.toml change.
+$(STAMP): requirements.txt pyproject.toml
+ifndef CONDA_PREFIX
+	test -x $(BIN)/python || $(PYTHON) -m venv $(ENV_DIR)
+endif
+	$(BIN)/python -m pip install --quiet --progress-bar off -r requirements.txt 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
+	$(BIN)/python -m pip install --quiet --progress-bar off --no-deps --no-build-isolation -e .
+	touch $@
+
+## make test: unit tests, then every notebook top to bottom in the smoke profile (nbval).
+test: setup unit notebooks-smoke
+
+unit: setup
+	$(BIN)/python -m pytest -q tests
+
+notebooks-smoke: setup
+	MMCOURSE_PROFILE=smoke $(BIN)/python -m pytest -q --nbval-lax \
+		--nbval-sanitize-with notebooks/sanitize.cfg -p no:cacheprovider $(NOTEBOOKS)
+
+## make course PROFILE=default|smoke|full: run every notebook with papermill, write build/RESULTS.md.
+course: setup
+	$(BIN)/python -m mmcourse.course --profile $(PROFILE) --seed $(SEED)
+
+## make execute: re-run the committed notebooks in place (default profile) so they carry real outputs.
+execute: setup
+	MMCOURSE_PROFILE=default $(BIN)/jupyter nbconvert --to notebook --execute --inplace \
+		--ExecutePreprocessor.timeout=900 $(NOTEBOOKS)
+
+lab: setup
+	$(BIN)/jupyter lab notebooks/
+
+bench: setup
+	$(BIN)/python benchmarks/bench_generate.py
+
+clean:
+	rm -rf build .pytest_cache

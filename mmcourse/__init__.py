@@ -1,0 +1,8 @@
+"""mmcourse: the helper package of the multimodal deep learning course.
+
+One module per concept; the notebooks import from here what earlier chapters
+built. ``utils`` (seeding, device, precision), ``config`` (profiles), ``data``
+(the synthetic world, Bayes limits, loaders), ``models``, ``training``,
+``metrics``, ``plots``, ``report`` and ``course`` (running every notebook).
+"""
+__version__ = "0.1.0"

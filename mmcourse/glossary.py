@@ -1,0 +1,47 @@
+"""The source article's key terms (Chinese) with the English the course uses,
+and the article's pipeline (its §2 diagram) as a list of edges."""
+from __future__ import annotations
+
+# (Chinese term, English term, where the course teaches it)
+GLOSSARY: tuple[tuple[str, str, str], ...] = (
+    ("多模态数据", "multimodal data", "01"),
+    ("模态", "modality", "01"),
+    ("跨模态融合", "cross-modal fusion", "05"),
+    ("融合函数", "fusion function", "03"),
+    ("融合权重矩阵", "fusion weight matrix", "03"),
+    ("联合表示", "joint representation", "03"),
+    ("预训练", "pretraining (stage 1)", "06"),
+    ("无标签数据", "unlabeled data", "06"),
+    ("联合训练", "joint training (stage 2)", "07"),
+    ("任务适配", "task adaptation (stage 3)", "08"),
+    ("微调", "fine-tuning", "08"),
+    ("跨模态模型", "cross-modal model", "02"),
+    ("推理", "inference", "09"),
+    ("损失函数", "loss function", "03"),
+    ("任务损失", "task loss", "03"),
+    ("正则化", "regularisation", "03"),
+    ("正则化系数", "regularisation coefficient (λ)", "03"),
+    ("泛化能力", "generalisation", "02"),
+    ("鲁棒性", "robustness", "05"),
+    ("跨模态语义对齐", "cross-modal semantic alignment", "06"),
+    ("领域自适应", "domain adaptation", "frontiers"),
+    ("动态融合", "dynamic fusion", "05"),
+    ("知识图谱融合", "knowledge-graph fusion", "frontiers"),
+    ("模型剪枝", "model pruning", "efficiency"),
+    ("量化加速", "quantisation", "efficiency"),
+    ("智能安防", "intelligent surveillance", "applications"),
+    ("医疗影像分析", "medical image analysis", "applications"),
+    ("智能驾驶", "intelligent driving", "applications"),
+)
+
+# The article's pipeline diagram: multimodal data -> fusion -> joint training ->
+# task adaptation -> cross-modal model -> inference, with a pretraining branch.
+PIPELINE_EDGES: tuple[tuple[str, str], ...] = (
+    ("multimodal data", "cross-modal fusion"),
+    ("cross-modal fusion", "joint training"),
+    ("joint training", "task adaptation"),
+    ("task adaptation", "cross-modal model"),
+    ("multimodal data", "pretraining"),
+    ("pretraining", "cross-modal model"),
+    ("cross-modal model", "inference"),
+)

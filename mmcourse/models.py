@@ -1,0 +1,71 @@
+"""Models. For now: the article's text-image classifier (its §5.2), rebuilt so it runs.
+
+Every model takes the modality dict of :mod:`mmcourse.data.dataset` and
+returns class logits.
+
+Shape letters: B batch, L tokens, E embedding width, H hidden width, C classes,
+S image side.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .data.text import PAD_ID
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of token features over real tokens: (B, L, E), (B, L) bool -> (B, E).
+
+    A row with no real token gives zeros (not NaN).
+    """
+    if x.dim() != 3 or mask.shape != x.shape[:2]:
+        raise ValueError(f"expected x (B, L, E) and mask (B, L), got {tuple(x.shape)} and {tuple(mask.shape)}")
+    weights = mask.to(x.dtype).unsqueeze(-1)                     # (B, L, 1)
+    return (x * weights).sum(1) / weights.sum(1).clamp_min(1.0)  # (B, E)
+
+
+@dataclass
+class ReferenceConfig:
+    """Hyper-parameters of the article's model (§5.2): embed 128, hidden 128, 10 classes."""
+
+    vocab_size: int          # the article hard-codes 1000; we use the tokenizer's vocabulary
+    image_size: int = 32     # the article's listing assumes 3x64x64 images
+    embed_dim: int = 128
+    hidden_dim: int = 128
+    num_classes: int = 10
+
+
+class ReferenceModel(nn.Module):
+    """Text encoder (embedding, mean pool, 2-layer MLP) + image encoder (flat 2-layer MLP),
+    concatenation fusion with one hidden layer, linear classifier.
+
+    Two fixes to the printed listing: the token embeddings are mean-pooled over
+    real tokens before the MLP (the listing keeps a (B, L, E) tensor and cannot
+    concatenate it with the (B, H) image feature), and the image is flattened
+    before its first Linear layer.
+    """
+
+    def __init__(self, config: ReferenceConfig):
+        super().__init__()
+        self.config = config
+        e, h = config.embed_dim, config.hidden_dim
+        self.embedding = nn.Embedding(config.vocab_size, e, padding_idx=PAD_ID)
+        self.text_mlp = nn.Sequential(nn.Linear(e, h), nn.ReLU(), nn.Linear(h, h), nn.ReLU())
+        self.image_encoder = nn.Sequential(
+            nn.Flatten(), nn.Linear(3 * config.image_size**2, h), nn.ReLU(), nn.Linear(h, h), nn.ReLU())
+        self.fusion = nn.Sequential(nn.Linear(2 * h, h), nn.ReLU())
+        self.fc = nn.Linear(h, config.num_classes)
+
+    def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        text, image = inputs["text"], inputs["image"]           # (B, L), (B, 3, S, S)
+        s = self.config.image_size
+        if image.shape[1:] != (3, s, s):
+            raise ValueError(f"image must be (B, 3, {s}, {s}), got {tuple(image.shape)}")
+        tokens = self.embedding(text)                           # (B, L, E)
+        text_feat = self.text_mlp(masked_mean(tokens, text != PAD_ID))  # (B, H)
+        image_feat = self.image_encoder(image)                  # (B, H)
+        fused = self.fusion(torch.cat([text_feat, image_feat], dim=1))  # (B, H)
+        return self.fc(fused)                                   # (B, C)

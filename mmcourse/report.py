@@ -1,0 +1,63 @@
+"""Key figures of each notebook, written to ``build/results/<notebook>.json``.
+
+A notebook records what it measured and whether each target held; ``make
+course`` gathers these files into ``build/results.json`` and ``build/RESULTS.md``.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .utils import build_dir, get_device
+
+
+@dataclass
+class Figure:
+    name: str
+    value: float | int | str
+    target: str | None = None   # the claim, in words, e.g. "> 0.500 (best single modality)"
+    held: bool | None = None    # None when the figure has no target
+
+
+@dataclass
+class Results:
+    """The figures one notebook reports."""
+
+    notebook: str
+    profile: str
+    device: str = field(default_factory=lambda: str(get_device()))
+    figures: list[Figure] = field(default_factory=list)
+
+    def record(self, name: str, value, target: str | None = None, held: bool | None = None) -> Figure:
+        """Add (or replace) a figure; a target needs ``held`` and vice versa."""
+        if (target is None) != (held is None):
+            raise ValueError(f"figure {name!r}: give both target and held, or neither")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"figure {name!r}: value must be finite, got {value}")
+        figure = Figure(name, value, target, None if held is None else bool(held))
+        self.figures = [f for f in self.figures if f.name != name] + [figure]
+        return figure
+
+    def save(self, folder: Path | None = None) -> Path:
+        """Write the JSON atomically (temporary file, then rename)."""
+        folder = Path(folder) if folder is not None else build_dir("results")
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{self.notebook}.json"
+        fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(asdict(self), f, indent=2)
+        os.replace(tmp, path)
+        return path
+
+    def table(self) -> str:
+        """The figures as a Markdown table (notebooks display it)."""
+        lines = ["| figure | value | target | held |", "|---|---|---|---|"]
+        for f in self.figures:
+            value = f"{f.value:.4f}" if isinstance(f.value, float) else str(f.value)
+            held = "" if f.held is None else ("yes" if f.held else "**no**")
+            lines.append(f"| {f.name} | {value} | {f.target or ''} | {held} |")
+        return "\n".join(lines)
