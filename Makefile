@@ -13,7 +13,6 @@ endif
 BIN := $(ENV_DIR)/bin
 STAMP := $(ENV_DIR)/.mmcourse-installed
 export PATH := $(BIN):$(PATH)
-export MPLBACKEND := Agg
 export PYTHONUNBUFFERED := 1
 # Jupyter prints a warning about platformdirs migration otherwise.
 export JUPYTER_PLATFORM_DIRS := 1

@@ -24,7 +24,7 @@ COLOUR_RGB = {
 }
 # Radius as a fraction of the image side, (low, high) per size: the ranges do
 # not overlap and a large object still fits in its quadrant.
-RADIUS_FRACTION = {"small": (0.11, 0.14), "large": (0.19, 0.23)}
+RADIUS_FRACTION = {"small": (0.12, 0.15), "large": (0.20, 0.22)}
 BACKGROUND_RANGE = (0.05, 0.30)  # grey level of the background
 PIXEL_NOISE = 0.03               # std of additive (uniform) pixel noise
 COLOUR_JITTER = 0.05             # max per-channel colour jitter
@@ -32,6 +32,7 @@ COLOUR_JITTER = 0.05             # max per-channel colour jitter
 # Triangle: outward edge normals (image y axis points down) and inradius.
 _TRI_NORMALS = np.array([[0.0, 1.0], [-math.sqrt(3) / 2, -0.5], [math.sqrt(3) / 2, -0.5]])
 _TRI_INRADIUS = 0.575
+SHAPE_EXTENT = 1.15  # farthest reach of any shape, in radii (the triangle apex)
 
 
 def _circle(dx, dy):
@@ -48,7 +49,7 @@ def _triangle(dx, dy):
 
 def _cross(dx, dy):
     ax, ay = np.abs(dx), np.abs(dy)
-    return np.minimum(np.maximum(ax - 1.0, ay - 0.35), np.maximum(ax - 0.35, ay - 1.0))
+    return np.minimum(np.maximum(ax - 1.0, ay - 0.3), np.maximum(ax - 0.3, ay - 1.0))
 
 
 def _diamond(dx, dy):
@@ -69,7 +70,7 @@ def object_geometry(scenes: Scenes, size: int, rng: np.random.Generator):
     pos = scenes.attrs["position"]              # 0 TL, 1 TR, 2 BL, 3 BR
     quadrant = np.stack([pos % 2, pos // 2], 1)  # (N, 2) column, row
     centre = (quadrant * 2 + 1) * size / 4       # quadrant centres
-    slack = np.maximum(size / 4 - radius - 0.5, 0.0)  # keep the object inside its quadrant
+    slack = np.maximum(size / 4 - SHAPE_EXTENT * radius - 0.5, 0.0)  # keep the object inside its quadrant
     centre = centre + (2 * rng.random((n, 2)) - 1) * slack[:, None]
     return centre, radius
 
