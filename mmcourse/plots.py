@@ -123,14 +123,14 @@ _MAP_LAYOUT = {
 def plot_course_map():
     """The article's pipeline (its §2 diagram) redrawn, with the chapters that teach each step."""
     fig, ax = plt.subplots(figsize=(10, 3.2))
-    for src, dst in PIPELINE_EDGES:
-        (x0, y0), _ = _MAP_LAYOUT[src]
-        (x1, y1), _ = _MAP_LAYOUT[dst]
-        ax.annotate("", xy=(x1, y1), xytext=(x0, y0),
-                    arrowprops=dict(arrowstyle="-|>", color="0.4", shrinkA=38, shrinkB=38, lw=1.2))
+    boxes = {}
     for name, ((x, y), chapters) in _MAP_LAYOUT.items():
-        ax.text(x, y, f"{name}\n(ch. {chapters})", ha="center", va="center", fontsize=8.5,
-                bbox=dict(boxstyle="round,pad=0.5", fc="#e8f0fb", ec="#3a6ea5"))
+        boxes[name] = ax.text(x, y, f"{name}\n(ch. {chapters})", ha="center", va="center", fontsize=8.5,
+                              bbox=dict(boxstyle="round,pad=0.5", fc="#e8f0fb", ec="#3a6ea5"))
+    for src, dst in PIPELINE_EDGES:  # arrows clipped at the box outlines
+        ax.annotate("", xy=_MAP_LAYOUT[dst][0], xytext=_MAP_LAYOUT[src][0],
+                    arrowprops=dict(arrowstyle="-|>", color="0.4", lw=1.2, shrinkA=3, shrinkB=3,
+                                    patchA=boxes[src].get_bbox_patch(), patchB=boxes[dst].get_bbox_patch()))
     ax.set_xlim(-0.8, 8.3)
     ax.set_ylim(-0.3, 2.1)
     ax.axis("off")

@@ -32,7 +32,7 @@ class Results:
     device: str = field(default_factory=lambda: str(get_device()))
     figures: list[Figure] = field(default_factory=list)
 
-    def record(self, name: str, value, target: str | None = None, held: bool | None = None) -> Figure:
+    def record(self, name: str, value, target: str | None = None, held: bool | None = None) -> None:
         """Add (or replace) a figure; a target needs ``held`` and vice versa."""
         if (target is None) != (held is None):
             raise ValueError(f"figure {name!r}: give both target and held, or neither")
@@ -40,7 +40,6 @@ class Results:
             raise ValueError(f"figure {name!r}: value must be finite, got {value}")
         figure = Figure(name, value, target, None if held is None else bool(held))
         self.figures = [f for f in self.figures if f.name != name] + [figure]
-        return figure
 
     def save(self, folder: Path | None = None) -> Path:
         """Write the JSON atomically (temporary file, then rename)."""
