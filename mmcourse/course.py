@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from .config import PROFILES
+from .report import figures_table
 from .utils import build_dir, project_root
 
 
@@ -49,10 +50,6 @@ def run_notebook(path: Path, profile: str, seed: int, out_dir: Path) -> dict:
     return entry
 
 
-def _fmt(value) -> str:
-    return f"{value:.4f}" if isinstance(value, float) else str(value)
-
-
 def markdown(entries: list[dict]) -> str:
     """The readable report."""
     lines = ["# Course results", ""]
@@ -66,10 +63,7 @@ def markdown(entries: list[dict]) -> str:
         if e["error"]:
             lines += [f"**Failed** in {e['error']}", ""]
         if e["figures"]:
-            lines += ["| figure | value | target | held |", "|---|---|---|---|"]
-            for f in e["figures"]:
-                held = "" if f["held"] is None else ("yes" if f["held"] else "**no**")
-                lines.append(f"| {f['name']} | {_fmt(f['value'])} | {f['target'] or ''} | {held} |")
+            lines.append(figures_table(e["figures"]))
     return "\n".join(lines) + "\n"
 
 

@@ -54,9 +54,17 @@ class Results:
 
     def table(self) -> str:
         """The figures as a Markdown table (notebooks display it)."""
-        lines = ["| figure | value | target | held |", "|---|---|---|---|"]
-        for f in self.figures:
-            value = f"{f.value:.4f}" if isinstance(f.value, float) else str(f.value)
-            held = "" if f.held is None else ("yes" if f.held else "**no**")
-            lines.append(f"| {f.name} | {value} | {f.target or ''} | {held} |")
-        return "\n".join(lines)
+        return figures_table([asdict(f) for f in self.figures])
+
+
+def format_value(value) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def figures_table(figures: list[dict]) -> str:
+    """Markdown table of figure records (dicts with name, value, target, held)."""
+    lines = ["| figure | value | target | held |", "|---|---|---|---|"]
+    for f in figures:
+        held = "" if f["held"] is None else ("yes" if f["held"] else "**no**")
+        lines.append(f"| {f['name']} | {format_value(f['value'])} | {f['target'] or ''} | {held} |")
+    return "\n".join(lines)
