@@ -16,6 +16,11 @@ from torch import nn
 from .data.text import PAD_ID
 
 
+def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
+    """Number of parameters (elements) of ``module``, optionally only those with gradients."""
+    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
+
+
 def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean of token features over real tokens: (B, L, E), (B, L) bool -> (B, E).
 

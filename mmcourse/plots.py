@@ -3,6 +3,8 @@ returns the Figure, so notebooks can save or test it; none calls ``plt.show``.
 """
 from __future__ import annotations
 
+import itertools
+
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
@@ -66,6 +68,21 @@ def plot_bayes_table(table: dict, chance: float | None = None, ax=None):
     return fig
 
 
+def plot_accuracy_bars(values: dict[str, float], highlight: str, title: str, ax=None):
+    """Horizontal bars of accuracies (models and limits), the ``highlight`` one in colour."""
+    if highlight not in values:
+        raise ValueError(f"highlight {highlight!r} is not one of {list(values)}")
+    fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(6.5, 0.5 + 0.5 * len(values)))
+    bars = ax.barh(list(values), list(values.values()),
+                   color=["tab:blue" if k == highlight else "0.6" for k in values])
+    ax.bar_label(bars, fmt="%.3f", padding=3, fontsize=8)
+    ax.set_xlim(0, 1.1)
+    ax.set_xlabel("accuracy (fraction of scenes)")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
 def plot_confusion(matrix, class_names, title: str = "Confusion matrix (rows: true class)", ax=None):
     """Row-normalised confusion matrix with counts in the cells."""
     matrix = _np(matrix)
@@ -88,7 +105,7 @@ def plot_confusion(matrix, class_names, title: str = "Confusion matrix (rows: tr
     return fig
 
 
-def plot_history(history, bayes: dict[str, float] | None = None):
+def plot_history(history, bayes: dict[str, float] | None = None, title: str | None = None):
     """Training loss and dev accuracy per epoch, with Bayes limits as lines."""
     epochs = np.arange(1, len(history.train_loss) + 1)
     fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.2))
@@ -97,12 +114,12 @@ def plot_history(history, bayes: dict[str, float] | None = None):
     a.set_ylabel("training loss (cross-entropy)")
     a.set_title("Training loss")
     b.plot(epochs, history.dev_accuracy, marker="o", label="model (dev)")
-    for (name, value), style in zip((bayes or {}).items(), ("--", ":", "-.")):
+    for (name, value), style in zip((bayes or {}).items(), itertools.cycle(("--", ":", "-."))):
         b.axhline(value, ls=style, color="grey", label=f"Bayes, {name}: {value:.3f}")
     b.set_xlabel("epoch")
     b.set_ylabel("accuracy")
     b.set_ylim(0, 1.02)
-    b.set_title("Dev accuracy against the Bayes limits")
+    b.set_title(title or "Dev accuracy against the Bayes limits", fontsize=9)
     b.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     return fig

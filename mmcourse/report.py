@@ -36,10 +36,17 @@ class Results:
         """Add (or replace) a figure; a target needs ``held`` and vice versa."""
         if (target is None) != (held is None):
             raise ValueError(f"figure {name!r}: give both target and held, or neither")
+        value = value.item() if hasattr(value, "item") else value  # numpy / torch scalars -> Python
+        if not isinstance(value, (int, float, str)):
+            raise TypeError(f"figure {name!r}: value must be a number or a str, got {type(value).__name__}")
         if isinstance(value, float) and not math.isfinite(value):
             raise ValueError(f"figure {name!r}: value must be finite, got {value}")
         figure = Figure(name, value, target, None if held is None else bool(held))
-        self.figures = [f for f in self.figures if f.name != name] + [figure]
+        names = [f.name for f in self.figures]
+        if name in names:  # replace in place, keeping the order of first recording
+            self.figures[names.index(name)] = figure
+        else:
+            self.figures.append(figure)
 
     def save(self, folder: Path | None = None) -> Path:
         """Write the JSON atomically (temporary file, then rename)."""
@@ -47,9 +54,16 @@ class Results:
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"{self.notebook}.json"
         fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(asdict(self), f, indent=2)
-        os.replace(tmp, path)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump(asdict(self), f, indent=2)
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; use the usual mode
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
         return path
 
     def table(self) -> str:
@@ -58,7 +72,9 @@ class Results:
 
 
 def format_value(value) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
+    """Floats to 4 significant digits; '|' escaped so a value cannot break a table row."""
+    text = f"{value:.4g}" if isinstance(value, float) else str(value)
+    return text.replace("|", "\\|")
 
 
 def figures_table(figures: list[dict]) -> str:
@@ -66,5 +82,6 @@ def figures_table(figures: list[dict]) -> str:
     lines = ["| figure | value | target | held |", "|---|---|---|---|"]
     for f in figures:
         held = "" if f["held"] is None else ("yes" if f["held"] else "**no**")
-        lines.append(f"| {f['name']} | {format_value(f['value'])} | {f['target'] or ''} | {held} |")
+        cells = [format_value(f["name"]), format_value(f["value"]), format_value(f["target"] or ""), held]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

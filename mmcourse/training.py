@@ -57,6 +57,7 @@ def predict(model: nn.Module, loader, device) -> tuple[torch.Tensor, torch.Tenso
 
 
 def accuracy_on(model: nn.Module, loader, device) -> float:
+    """Fraction of correct predictions of ``model`` over ``loader``."""
     pred, true = predict(model, loader, device)
     return float((pred == true).float().mean())
 

@@ -38,6 +38,9 @@ def _states(world: World):
 
 
 def _check_subset(world: World, modalities) -> tuple[str, ...]:
+    if isinstance(modalities, str):
+        raise TypeError(f"modalities must be a collection of names, got a single str {modalities!r}; "
+                        f"write ({modalities!r},)")
     subset = tuple(sorted(set(modalities)))
     unknown = [m for m in subset if m not in world.observation]
     if unknown:

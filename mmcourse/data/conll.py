@@ -50,6 +50,10 @@ def write_conll(sentences, path) -> Path:
         for number, (tokens, tags) in enumerate(sentences):
             if len(tokens) != len(tags):
                 raise ValueError(f"sentence {number}: {len(tokens)} tokens but {len(tags)} tags")
+            for item in (*tokens, *tags):
+                if not item or item != "".join(item.split()):
+                    raise ValueError(f"sentence {number}: {item!r} is empty or holds whitespace, "
+                                     f"so it could not be read back")
             f.writelines(f"{tok} {tag}\n" for tok, tag in zip(tokens, tags))
             f.write("\n")
     return path

@@ -159,7 +159,7 @@ def log_mel_spectrogram(wave: torch.Tensor, sample_rate: int, n_fft: int = 256,
     """Log-mel spectrogram of waveforms (N, T) -> (N, M, F)."""
     if wave.dim() != 2:
         raise ValueError(f"wave must be (N, T), got shape {tuple(wave.shape)}")
-    window = torch.hann_window(n_fft, device=wave.device)
+    window = torch.hann_window(n_fft, device=wave.device, dtype=wave.dtype)
     spec = torch.stft(wave, n_fft, hop, window=window, return_complex=True).abs() ** 2  # (N, n_fft/2+1, F)
-    fb = mel_filterbank(n_fft // 2 + 1, n_mels, sample_rate).to(wave.device)
+    fb = mel_filterbank(n_fft // 2 + 1, n_mels, sample_rate).to(wave.device, wave.dtype)
     return torch.log(torch.einsum("nkf,km->nmf", spec, fb) + 1e-6)

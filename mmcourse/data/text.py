@@ -97,8 +97,11 @@ class Vocab:
         return len(self.itos)
 
     def decode(self, ids) -> list[str]:
-        """Token ids (N, L) -> caption strings, padding dropped."""
-        return [" ".join(self.itos[i] for i in row if i != PAD_ID) for row in np.asarray(ids).tolist()]
+        """Token ids (N, L) -> caption strings, padding dropped (one row (L,) gives one string)."""
+        ids = np.asarray(ids)
+        if ids.ndim not in (1, 2):
+            raise ValueError(f"ids must be (L,) or (N, L), got shape {ids.shape}")
+        return [" ".join(self.itos[i] for i in row if i != PAD_ID) for row in np.atleast_2d(ids).tolist()]
 
 
 WORLD_VOCAB = Vocab(_all_words())

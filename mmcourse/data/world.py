@@ -78,6 +78,18 @@ SHAPE_AND_SOUND = LabelRule(
 LABEL_RULES: dict[str, LabelRule] = {SHAPE_AND_SOUND.name: SHAPE_AND_SOUND}
 
 
+def register_label_rule(rule: LabelRule, replace: bool = False) -> LabelRule:
+    """Make ``rule`` available to ``WorldConfig(label_rule=rule.name)``.
+
+    Raises:
+        ValueError: if another rule already has that name and ``replace`` is False.
+    """
+    if LABEL_RULES.get(rule.name, rule) is not rule and not replace:
+        raise ValueError(f"label rule {rule.name!r} is already registered; pass replace=True to replace it")
+    LABEL_RULES[rule.name] = rule
+    return rule
+
+
 def _default_mention_prob() -> dict[str, float]:
     # Chosen so that text alone is weak (Bayes 0.44) but adds what the image lacks.
     return {"shape": 0.4, "colour": 0.6, "size": 0.6, "position": 0.5, "material": 0.7}

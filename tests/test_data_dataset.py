@@ -1,0 +1,173 @@
+"""mmcourse.data.dataset: tensors and shapes, batching, determinism, splits, to_device."""
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from mmcourse.data.dataset import (MultimodalDataset, Split, collate, generate, make_loader, make_splits,
+                                   to_device)
+from mmcourse.data.text import PAD_ID
+from mmcourse.data.world import ATTRIBUTES, World
+
+S, T = 32, 1024  # default image side and audio samples
+
+
+def _check_batch(inputs, label, b):
+    assert list(inputs) == ["audio", "image", "text"]  # sorted keys
+    assert inputs["audio"].shape == (b, T) and inputs["audio"].dtype == torch.float32
+    assert inputs["image"].shape == (b, 3, S, S) and inputs["image"].dtype == torch.float32
+    assert 0.0 <= inputs["image"].min() and inputs["image"].max() <= 1.0
+    assert inputs["text"].dim() == 2 and inputs["text"].shape[0] == b and inputs["text"].dtype == torch.int64
+    assert label.shape == (b,) and label.dtype == torch.int64
+
+
+def test_dataset_arrays_match_the_scenes(small_dataset):
+    n = len(small_dataset)
+    assert n == 2000
+    assert small_dataset.images.shape == (n, 3, S, S) and small_dataset.images.dtype == torch.uint8
+    assert small_dataset.audio.shape == (n, T)
+    assert small_dataset.text.shape == small_dataset.tags.shape
+    np.testing.assert_array_equal(small_dataset.labels.numpy(), small_dataset.scenes.label)
+    assert len(small_dataset.class_names) == 10
+
+
+@pytest.mark.parametrize("indices", [[0], [5, 1, 1999], list(range(64))])
+def test_getitems_shapes(small_dataset, indices):
+    inputs, label = small_dataset.__getitems__(indices)
+    _check_batch(inputs, label, len(indices))
+    # Text is trimmed to the longest caption of the batch: the last column holds a real token.
+    assert (inputs["text"][:, -1] != PAD_ID).any()
+    np.testing.assert_array_equal(label.numpy(), small_dataset.scenes.label[indices])
+    torch.testing.assert_close(inputs["image"], small_dataset.images[indices].float() / 255)
+
+
+def test_getitem_is_one_sample_without_batch_dimension(small_dataset):
+    inputs, label = small_dataset[3]
+    assert inputs["image"].shape == (3, S, S) and inputs["audio"].shape == (T,)
+    assert inputs["text"].dim() == 1 and (inputs["text"] != PAD_ID).all()
+    assert label.shape == () and int(label) == small_dataset.scenes.label[3]
+    torch.testing.assert_close(small_dataset[-1][0]["audio"], small_dataset.audio[-1])
+
+
+@pytest.mark.parametrize("i", [2000, -2001])
+def test_getitem_out_of_range_raises(small_dataset, i):
+    with pytest.raises(IndexError, match=f"index {i} out of range for dataset of size 2000"):
+        small_dataset[i]
+
+
+def test_collate_of_single_samples_equals_the_batched_path(small_dataset):
+    indices = [7, 0, 42, 99]
+    stacked = collate([small_dataset[i] for i in indices])
+    batched = small_dataset.__getitems__(indices)
+    assert list(stacked[0]) == list(batched[0])
+    for k in batched[0]:
+        torch.testing.assert_close(stacked[0][k], batched[0][k])
+    torch.testing.assert_close(stacked[1], batched[1])
+
+
+@pytest.mark.parametrize("batch_size", [1, 64])
+def test_make_loader_batches(small_dataset, batch_size):
+    loader = make_loader(small_dataset, batch_size=batch_size)
+    batches = iter(loader)
+    inputs, label = next(batches)
+    _check_batch(inputs, label, batch_size)
+    if batch_size == 64:
+        sizes = [len(lab) for _, lab in loader]
+        assert sizes == [64] * 31 + [2000 - 31 * 64]  # the last batch holds the rest
+
+
+def test_make_loader_over_a_subset(small_dataset):
+    subset = torch.utils.data.Subset(small_dataset, range(10, 20))
+    inputs, label = next(iter(make_loader(subset, batch_size=4)))
+    _check_batch(inputs, label, 4)
+    np.testing.assert_array_equal(label.numpy(), small_dataset.scenes.label[10:14])
+
+
+def test_shuffled_loader_is_seeded_and_visits_every_sample_once(small_dataset):
+    def order(seed):
+        return torch.cat([lab for _, lab in make_loader(small_dataset, 256, shuffle=True, seed=seed)])
+
+    a, b, c = order(0), order(0), order(1)
+    torch.testing.assert_close(a, b)
+    assert not torch.equal(a, c)
+    assert sorted(a.tolist()) == sorted(small_dataset.labels.tolist())
+
+
+def test_make_loader_rejects_bad_batch_size(small_dataset):
+    with pytest.raises(ValueError, match="batch_size must be >= 1, got 0"):
+        make_loader(small_dataset, batch_size=0)
+
+
+def _assert_same_data(a: MultimodalDataset, b: MultimodalDataset):
+    for name in ("images", "text", "tags", "audio", "labels"):
+        assert torch.equal(getattr(a, name), getattr(b, name)), name
+    for k in ATTRIBUTES:
+        np.testing.assert_array_equal(a.scenes.attrs[k], b.scenes.attrs[k])
+    for k in a.scenes.events:
+        np.testing.assert_array_equal(a.scenes.events[k], b.scenes.events[k])
+
+
+def test_same_seed_same_data_other_seed_other_data(world):
+    a, b, c = generate(world, 300, seed=5), generate(world, 300, seed=5), generate(world, 300, seed=6)
+    _assert_same_data(a, b)
+    for name in ("images", "audio", "labels"):
+        assert not torch.equal(getattr(a, name), getattr(c, name)), name
+
+
+def test_image_size_changes_images_only(world):
+    """Child random streams: rendering bigger images leaves scenes, captions and audio untouched."""
+    small = generate(world, 300, seed=5)
+    big = generate(World(replace(world.config, image_size=48)), 300, seed=5)
+    assert big.images.shape == (300, 3, 48, 48)
+    for name in ("text", "tags", "audio", "labels"):
+        assert torch.equal(getattr(small, name), getattr(big, name)), name
+
+
+def test_generate_across_render_chunks_is_deterministic(world):
+    """More scenes than one render chunk (1024): the chunk seams change nothing run to run."""
+    a, b = generate(world, 1500, seed=9), generate(world, 1500, seed=9)
+    _assert_same_data(a, b)
+
+
+def test_generate_one_and_zero_scenes(world):
+    one = generate(world, 1, seed=0)
+    inputs, label = one.__getitems__([0])
+    _check_batch(inputs, label, 1)
+    empty = generate(world, 0, seed=0)
+    assert len(empty) == 0 and empty.images.shape == (0, 3, S, S)
+
+
+def test_dataset_rejects_mismatched_rows(small_dataset):
+    scenes = small_dataset.scenes[:4]
+    with pytest.raises(ValueError, match="images has 3 rows, expected 4 \\(one per scene\\)"):
+        MultimodalDataset(scenes, small_dataset.images[:3].numpy(), small_dataset.text[:4].numpy(),
+                          small_dataset.tags[:4].numpy(), small_dataset.audio[:4].numpy(),
+                          small_dataset.class_names)
+
+
+def test_make_splits_sizes_and_independence(world):
+    splits = make_splits(world, Split(train=50, dev=20, test=30), seed=0)
+    assert list(splits) == ["train", "dev", "test"]
+    assert [len(d) for d in splits.values()] == [50, 20, 30]
+    assert not torch.equal(splits["train"].audio[:20], splits["dev"].audio)
+    again = make_splits(world, Split(train=50, dev=20, test=30), seed=0)
+    for name in splits:
+        _assert_same_data(splits[name], again[name])
+
+
+def test_to_device_moves_nested_containers(small_dataset):
+    batch = small_dataset.__getitems__([0, 1])
+    moved = to_device(batch, torch.device("cpu"))
+    assert isinstance(moved, tuple) and list(moved[0]) == ["audio", "image", "text"]
+    nested = to_device({"a": [torch.ones(2), (torch.zeros(1),)]}, "cpu")
+    assert isinstance(nested["a"], list) and isinstance(nested["a"][1], tuple)
+    assert torch.equal(nested["a"][0], torch.ones(2))
+
+
+@pytest.mark.parametrize("obj, name", [("text", "str"), (np.zeros(2), "ndarray"), ({"x": 3}, "int")])
+def test_to_device_rejects_unsupported_types(obj, name):
+    with pytest.raises(TypeError, match=f"cannot move an object of type {name} to a device"):
+        to_device(obj, "cpu")

@@ -1,0 +1,95 @@
+"""mmcourse.metrics: accuracy, the per-class report against scikit-learn, the confusion matrix."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import precision_recall_fscore_support
+
+from mmcourse.metrics import accuracy, classification_report, confusion_matrix
+
+CLASSES = ("ringing circle", "muted circle", "ringing square", "muted square")
+
+
+@pytest.fixture
+def pred_true():
+    rng = np.random.default_rng(0)
+    true = rng.integers(0, 4, 200)
+    pred = np.where(rng.random(200) < 0.7, true, rng.integers(0, 4, 200))
+    pred[pred == 3] = 2  # class 3 is never predicted: precision 0 by convention, not a crash
+    return pred, true
+
+
+def test_accuracy_counts_matches():
+    assert accuracy([0, 1, 2, 2], [0, 1, 1, 2]) == 0.75
+    assert accuracy(torch.tensor([3]), torch.tensor([3])) == 1.0  # tensors, batch of one
+
+
+@pytest.mark.parametrize("pred, true, message", [
+    ([0, 1], [0], r"pred and true must be 1-D of equal length, got \(2,\) and \(1,\)"),
+    ([[0]], [[0]], r"must be 1-D of equal length, got \(1, 1\)"),
+    ([], [], "pred and true are empty"),
+])
+def test_bad_inputs_raise(pred, true, message):
+    with pytest.raises(ValueError, match=message):
+        accuracy(pred, true)
+
+
+def _rows(text: str) -> dict[str, list[float]]:
+    """Parse the report text: row name -> numbers (class names hold spaces)."""
+    rows = {}
+    for line in text.splitlines():
+        parts = line.rsplit(maxsplit=4)
+        if len(parts) == 5:
+            rows[parts[0].strip()] = [float(x) for x in parts[1:]]
+    return rows
+
+
+def test_report_numbers_equal_scikit_learn(pred_true):
+    pred, true = pred_true
+    text, table = classification_report(pred, true, CLASSES, digits=3)
+    p, r, f, s = precision_recall_fscore_support(true, pred, labels=range(4), zero_division=0)
+    rows = _rows(text)
+    for k, name in enumerate(CLASSES):
+        # The text prints 3 decimals: half a unit in the last place is 5e-4.
+        np.testing.assert_allclose(rows[name][:3], [p[k], r[k], f[k]], atol=5e-4 + 1e-12)
+        assert rows[name][3] == s[k]
+        assert table[name]["precision"] == pytest.approx(p[k], abs=1e-12)
+        assert table[name]["recall"] == pytest.approx(r[k], abs=1e-12)
+        assert table[name]["f1-score"] == pytest.approx(f[k], abs=1e-12)
+    assert p[3] == 0.0  # the never-predicted class
+
+
+def test_report_micro_average_line(pred_true):
+    pred, true = pred_true
+    text, table = classification_report(pred, true, CLASSES)
+    p, r, f, _ = precision_recall_fscore_support(true, pred, labels=range(4), average="micro", zero_division=0)
+    rows = _rows(text)
+    np.testing.assert_allclose(rows["micro avg"], [p, r, f, len(true)], atol=5e-4)
+    assert table["micro avg"]["precision"] == pytest.approx(p, abs=1e-12)
+    # With every class listed, micro precision = recall = F1 = accuracy.
+    assert p == pytest.approx(accuracy(pred, true), abs=1e-12)
+    assert list(rows)[-3:] == ["micro avg", "macro avg", "weighted avg"]
+    assert not any(line.strip().startswith("accuracy") for line in text.splitlines())
+
+
+def test_report_columns_line_up(pred_true):
+    pred, true = pred_true
+    text, _ = classification_report(pred, true, CLASSES)
+    lines = [line for line in text.splitlines() if line.strip() and "precision" not in line]
+    assert len({len(line) for line in lines}) == 1, lines  # every row has the same width
+
+
+def test_confusion_matrix_rows_are_true_classes():
+    true = [0, 0, 0, 1, 2]
+    pred = [0, 1, 1, 1, 0]
+    cm = confusion_matrix(pred, true, num_classes=3)
+    expected = np.array([[1, 2, 0],    # true 0: once right, twice called 1
+                         [0, 1, 0],
+                         [1, 0, 0]])   # true 2 called 0
+    np.testing.assert_array_equal(cm, expected)
+    assert cm.sum() == len(true)
+
+
+def test_confusion_matrix_keeps_absent_classes():
+    assert confusion_matrix([0], [0], num_classes=4).shape == (4, 4)

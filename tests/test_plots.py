@@ -1,0 +1,117 @@
+"""mmcourse.plots: every function returns a Figure with labelled axes and a title."""
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pytest
+import torch
+from matplotlib.figure import Figure
+
+from mmcourse.data.render import log_mel_spectrogram
+from mmcourse.glossary import PIPELINE_EDGES
+from mmcourse.plots import (_MAP_LAYOUT, plot_accuracy_bars, plot_audio, plot_bayes_table, plot_confusion,
+                            plot_course_map, plot_history, show_images)
+from mmcourse.training import History
+
+
+@pytest.fixture(autouse=True)
+def _close_figures():
+    yield
+    plt.close("all")
+
+
+def test_show_images_grid(small_dataset):
+    fig = show_images(small_dataset.images[:5], titles=["a", "b", "c"], ncols=4)
+    assert isinstance(fig, Figure)
+    assert len(fig.axes) == 8                                        # 2 rows of 4
+    assert sum(len(ax.images) for ax in fig.axes) == 5
+    assert [ax.get_title() for ax in fig.axes[:4]] == ["a", "b", "c", ""]
+
+
+def test_show_images_accepts_floats_and_a_single_image(small_dataset):
+    fig = show_images(small_dataset.images[:1].float() / 255)
+    assert sum(len(ax.images) for ax in fig.axes) == 1
+
+
+def test_plot_audio_labels(small_dataset):
+    waves = small_dataset.audio[:2]
+    fig = plot_audio(waves, log_mel_spectrogram(waves, 8000), ["metal", "wood"], sample_rate=8000)
+    assert isinstance(fig, Figure) and len(fig.axes) == 4
+    top, bottom = fig.axes[0], fig.axes[2]
+    assert top.get_xlabel() == "time (ms)" and top.get_ylabel() == "amplitude" and top.get_title() == "metal"
+    assert bottom.get_xlabel() == "frame" and bottom.get_ylabel() == "mel band"
+    np.testing.assert_allclose(top.lines[0].get_xdata()[-1], 1023 / 8000 * 1000)  # the time axis is in ms
+
+
+def test_plot_bayes_table(world):
+    from mmcourse.data.bayes import bayes_table
+
+    table = bayes_table(world)
+    fig = plot_bayes_table(table, chance=0.1)
+    ax = fig.axes[0]
+    assert ax.get_xlabel() == "Bayes-optimal accuracy (exact)" and ax.get_title()
+    labels = [t.get_text() for t in ax.get_yticklabels()]
+    assert len(labels) == 7 and labels[-1] == "audio + image + text"  # no empty subset; sorted, best last
+    widths = [p.get_width() for p in ax.patches]
+    assert widths == sorted(widths) and widths[-1] == pytest.approx(0.97, abs=1e-9)
+
+
+def test_plot_accuracy_bars_highlights_one_bar():
+    values = {"reference model": 0.62, "Bayes, image": 0.5, "Bayes, all": 0.97}
+    fig = plot_accuracy_bars(values, highlight="reference model", title="The model beats the image limit")
+    ax = fig.axes[0]
+    assert ax.get_xlabel() == "accuracy (fraction of scenes)"
+    assert ax.get_title() == "The model beats the image limit"
+    assert [t.get_text() for t in ax.get_yticklabels()] == list(values)
+    assert [p.get_width() for p in ax.patches] == list(values.values())
+    colours = [p.get_facecolor() for p in ax.patches]
+    assert colours[0] != colours[1] and colours[1] == colours[2]  # only the highlighted bar stands out
+
+
+def test_plot_accuracy_bars_unknown_highlight():
+    with pytest.raises(ValueError, match=r"highlight 'x' is not one of \['a', 'b'\]"):
+        plot_accuracy_bars({"a": 0.1, "b": 0.2}, highlight="x", title="t")
+
+
+def test_plot_confusion_on_given_axes():
+    fig, ax = plt.subplots()
+    matrix = np.array([[3, 1], [0, 4]])
+    assert plot_confusion(matrix, ["a", "b"], ax=ax) is fig
+    assert ax.get_xlabel() == "predicted class" and ax.get_ylabel() == "true class"
+    assert [t.get_text() for t in ax.texts] == ["3", "1", "4"]           # counts, zero cells left empty
+    np.testing.assert_allclose(ax.images[0].get_array(), [[0.75, 0.25], [0.0, 1.0]])  # rows sum to one
+
+
+def test_plot_history():
+    history = History(train_loss=[2.3, 1.9, 1.5], dev_accuracy=[0.2, 0.4, 0.5], seconds=[1, 1, 1])
+    fig = plot_history(history, bayes={"image": 0.5, "all": 0.97})
+    loss, acc = fig.axes
+    assert loss.get_xlabel() == "epoch" and loss.get_ylabel() == "training loss (cross-entropy)"
+    assert acc.get_xlabel() == "epoch" and acc.get_ylabel() == "accuracy"
+    np.testing.assert_array_equal(loss.lines[0].get_xdata(), [1, 2, 3])
+    assert len(acc.lines) == 3  # the model plus two Bayes lines
+    assert acc.get_title() == "Dev accuracy against the Bayes limits"
+    assert plot_history(history, title="Text alone stalls at its limit").axes[1].get_title() == \
+        "Text alone stalls at its limit"
+
+
+def test_plot_history_draws_every_bayes_limit():
+    history = History(train_loss=[2.3, 1.9], dev_accuracy=[0.2, 0.4], seconds=[1, 1])
+    limits = {"image": 0.5, "text": 0.442, "image + text": 0.85, "all": 0.97}
+    fig = plot_history(history, bayes=limits)
+    assert len(fig.axes[1].lines) == 1 + len(limits)
+
+
+def test_plot_course_map_draws_every_node_and_edge():
+    fig = plot_course_map()
+    ax = fig.axes[0]
+    assert ax.get_title()
+    texts = [t.get_text().split("\n")[0] for t in ax.texts if t.get_text()]
+    assert sorted(texts) == sorted(_MAP_LAYOUT)
+    arrows = [t for t in ax.texts if not t.get_text()]  # annotate("") draws one arrow per edge
+    assert len(arrows) == len(PIPELINE_EDGES)
+
+
+def test_plots_accept_tensors():
+    fig = plot_confusion(torch.tensor([[1, 0], [0, 1]]), ["a", "b"])
+    assert isinstance(fig, Figure)

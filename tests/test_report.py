@@ -1,0 +1,130 @@
+"""mmcourse.report: recording figures, saving them atomically, the Markdown table."""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict
+
+import numpy as np
+import pytest
+
+from mmcourse.report import Figure, Results, figures_table, format_value
+
+
+def _results() -> Results:
+    r = Results("01_data", "smoke", device="cpu")
+    r.record("bayes image", 0.5, target="= 0.500 (exact)", held=True)
+    r.record("scenes", 3000)
+    r.record("probe shape", 0.98, target=">= 0.99", held=False)
+    return r
+
+
+def test_save_writes_valid_json_and_no_temporary_file(tmp_path):
+    r = _results()
+    path = r.save(tmp_path)
+    assert path == tmp_path / "01_data.json"
+    assert json.loads(path.read_text(encoding="utf-8")) == asdict(r)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["01_data.json"]
+
+
+def test_save_replaces_an_older_file(tmp_path):
+    r = _results()
+    r.save(tmp_path)
+    r.record("scenes", 60000)
+    r.save(tmp_path)
+    saved = json.loads((tmp_path / "01_data.json").read_text(encoding="utf-8"))
+    assert {f["name"]: f["value"] for f in saved["figures"]}["scenes"] == 60000
+    assert len(list(tmp_path.iterdir())) == 1
+
+
+def test_save_defaults_to_the_build_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("MMCOURSE_BUILD", str(tmp_path))
+    assert _results().save() == tmp_path / "results" / "01_data.json"
+
+
+def test_record_replaces_a_figure_of_the_same_name():
+    r = _results()
+    r.record("bayes image", 0.25)
+    assert [f.name for f in r.figures].count("bayes image") == 1
+    assert next(f for f in r.figures if f.name == "bayes image") == Figure("bayes image", 0.25)
+
+
+def test_record_coerces_held_to_bool():
+    r = Results("x", "smoke", device="cpu")
+    r.record("acc", 0.9, target="> 0.5", held=np.bool_(True))
+    assert r.figures[-1].held is True
+
+
+@pytest.mark.parametrize("kwargs", [dict(target="> 0.5"), dict(held=True)])
+def test_record_needs_target_and_held_together(kwargs):
+    with pytest.raises(ValueError, match="figure 'acc': give both target and held, or neither"):
+        Results("x", "smoke", device="cpu").record("acc", 0.9, **kwargs)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_record_rejects_non_finite_values(value):
+    with pytest.raises(ValueError, match="figure 'acc': value must be finite, got"):
+        Results("x", "smoke", device="cpu").record("acc", value)
+
+
+def test_default_device_is_the_chosen_device(monkeypatch):
+    monkeypatch.setenv("MMCOURSE_DEVICE", "cpu")
+    assert Results("x", "smoke").device == "cpu"
+
+
+def test_table_markdown():
+    assert _results().table() == "\n".join([
+        "| figure | value | target | held |",
+        "|---|---|---|---|",
+        "| bayes image | 0.5 | = 0.500 (exact) | yes |",
+        "| scenes | 3000 |  |  |",
+        "| probe shape | 0.98 | >= 0.99 | **no** |",
+    ])
+
+
+@pytest.mark.parametrize("value, text", [(0.123456, "0.1235"), (7e-6, "7e-06"), (12345.0, "1.234e+04"),
+                                         (3, "3"), ("a|b", "a\\|b")])
+def test_format_value_four_significant_digits_and_escaped_bars(value, text):
+    assert format_value(value) == text
+
+
+def test_figures_table_escapes_bars_in_every_cell():
+    row = figures_table([{"name": "p|q", "value": 1, "target": "> a|b", "held": False}]).splitlines()[-1]
+    assert row == "| p\\|q | 1 | > a\\|b | **no** |"
+    assert row.replace("\\|", "").count("|") == 5  # still four cells
+
+
+def test_numpy_scalars_are_saved_as_numbers(tmp_path):
+    r = Results("x", "smoke", device="cpu")
+    r.record("accuracy", np.float32(0.5))
+    r.record("errors", np.int64(3))
+    saved = json.loads(r.save(tmp_path).read_text(encoding="utf-8"))
+    assert [f["value"] for f in saved["figures"]] == [0.5, 3]
+
+
+def test_a_failed_save_leaves_no_temporary_file_and_the_old_file_intact(tmp_path):
+    r = _results()
+    path = r.save(tmp_path)
+    before = path.read_text(encoding="utf-8")
+    r.figures.append(Figure("unserialisable", object()))  # json.dump fails half-way
+    with pytest.raises(TypeError):
+        r.save(tmp_path)
+    assert path.read_text(encoding="utf-8") == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["01_data.json"]
+
+
+def test_replacing_a_figure_keeps_its_place(tmp_path):
+    r = Results("x", "smoke", device="cpu")
+    for name in ("a", "b", "c"):
+        r.record(name, 1)
+    r.record("a", 2)
+    assert [(f.name, f.value) for f in r.figures] == [("a", 2), ("b", 1), ("c", 1)]
+
+
+def test_saved_file_has_the_usual_permissions(tmp_path):
+    umask = os.umask(0o022)
+    try:
+        path = Results("x", "smoke", device="cpu").save(tmp_path)
+    finally:
+        os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o644  # mkstemp alone would give 0o600
