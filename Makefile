@@ -4,8 +4,13 @@ PYTHON ?= python3
 PROFILE ?= default
 SEED ?= 0
 
-# Use an active conda environment when there is one, else a local .venv.
-ifdef CONDA_PREFIX
+# Use an active conda environment (not `base`) when there is one, else a local .venv.
+ifneq ($(CONDA_PREFIX),)
+ifneq ($(CONDA_DEFAULT_ENV),base)
+USE_CONDA := 1
+endif
+endif
+ifdef USE_CONDA
 ENV_DIR := $(CONDA_PREFIX)
 else
 ENV_DIR := $(CURDIR)/.venv
@@ -25,7 +30,7 @@ setup: $(STAMP)
 
 # Redone whenever requirements.txt or pyproject.toml change.
 $(STAMP): requirements.txt pyproject.toml
-ifndef CONDA_PREFIX
+ifndef USE_CONDA
 	test -x $(BIN)/python || $(PYTHON) -m venv $(ENV_DIR)
 endif
 	$(BIN)/python -m pip install --quiet --progress-bar off -r requirements.txt 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)

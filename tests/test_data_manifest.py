@@ -166,3 +166,14 @@ def test_missing_empty_and_unsupported_manifests(tmp_path):
 def test_write_manifest_rejects_unknown_format(small_dataset, tmp_path):
     with pytest.raises(ValueError, match="fmt must be 'jsonl' or 'csv', got 'xml'"):
         write_manifest(small_dataset, tmp_path, n=1, fmt="xml")
+
+
+def test_manifest_batches_trim_padding_like_generated_ones(tmp_path, tiny_image):
+    rows = [{"image": tiny_image, "text": "a red disc"},
+            {"image": tiny_image, "text": "in the top left there is a very large crimson wooden disc"}]
+    path = tmp_path / "m.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    loaded = load_manifest(path, image_size=8)
+    assert loaded.text.shape[1] == 12                      # stored padded to the longest caption
+    inputs, _ = loaded.__getitems__([0])
+    assert inputs["text"].tolist() == Tokenizer().encode(["a red disc"])[0].tolist()  # (1, 3): no padding

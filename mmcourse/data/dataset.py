@@ -33,7 +33,27 @@ class Split:
     test: int
 
 
-class MultimodalDataset(Dataset):
+def trim_padding(text: torch.Tensor) -> torch.Tensor:
+    """Drop the trailing padding columns shared by every row: (B, L) -> (B, L'), L' = longest row (>= 1)."""
+    width = max(int((text != PAD_ID).sum(1).max()), 1) if len(text) else 1
+    return text[:, :width]
+
+
+class BatchedDataset(Dataset):
+    """A dataset that answers whole batches (``__getitems__``); single items are batches of one."""
+
+    def __getitems__(self, indices):
+        raise NotImplementedError
+
+    def __getitem__(self, i: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """One sample, without the batch dimension."""
+        if not -len(self) <= i < len(self):
+            raise IndexError(f"index {i} out of range for dataset of size {len(self)}")
+        inputs, label = self.__getitems__([i])
+        return {k: v[0] for k, v in inputs.items()}, label[0]
+
+
+class MultimodalDataset(BatchedDataset):
     """Rendered scenes held in memory (images as uint8 to save space).
 
     Attributes:
@@ -62,21 +82,12 @@ class MultimodalDataset(Dataset):
     def __getitems__(self, indices) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """A whole batch by fancy indexing; text trimmed to the longest caption in it."""
         idx = torch.as_tensor(indices, dtype=torch.long)
-        text = self.text[idx]
-        width = max(int((text != PAD_ID).sum(1).max()), 1) if len(idx) else 1
         inputs = {
             "audio": self.audio[idx],
             "image": self.images[idx].float() / 255.0,
-            "text": text[:, :width],
+            "text": trim_padding(self.text[idx]),
         }
         return inputs, self.labels[idx]
-
-    def __getitem__(self, i: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        """One sample, without the batch dimension."""
-        if not -len(self) <= i < len(self):
-            raise IndexError(f"index {i} out of range for dataset of size {len(self)}")
-        inputs, label = self.__getitems__([i])
-        return {k: v[0] for k, v in inputs.items()}, label[0]
 
 
 def generate(world: World, n: int, seed: int) -> MultimodalDataset:

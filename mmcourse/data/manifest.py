@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .dataset import BatchedDataset, trim_padding
 from .text import Tokenizer
 
 REQUIRED = ("image", "text")
@@ -97,7 +98,7 @@ def load_image(path: Path, size: int) -> np.ndarray:
 
 
 @dataclass
-class ManifestDataset:
+class ManifestDataset(BatchedDataset):
     """A manifest loaded into tensors, batched like the generated datasets.
 
     Attributes: images (N, 3, S, S) uint8, text (N, L) int64, labels (N,) int64
@@ -113,12 +114,9 @@ class ManifestDataset:
         return len(self.labels)
 
     def __getitems__(self, indices):
+        """A batch (same layout as the generated datasets, without audio)."""
         idx = torch.as_tensor(indices, dtype=torch.long)
-        return {"image": self.images[idx].float() / 255.0, "text": self.text[idx]}, self.labels[idx]
-
-    def __getitem__(self, i):
-        inputs, label = self.__getitems__([i])
-        return {k: v[0] for k, v in inputs.items()}, label[0]
+        return {"image": self.images[idx].float() / 255.0, "text": trim_padding(self.text[idx])}, self.labels[idx]
 
 
 def load_manifest(path, image_size: int = 32, tokenizer: Tokenizer | None = None,
