@@ -5,7 +5,8 @@ import re
 
 import pytest
 
-from mmcourse.data.conll import WORLD_TAGSET, read_conll, write_conll
+from mmcourse.data.conll import read_conll, write_conll
+from mmcourse.data.text import TAGS
 from mmcourse.data.text import Captions
 
 
@@ -14,7 +15,7 @@ def test_round_trip_of_generated_captions(small_dataset, tmp_path):
     sentences = [(s.split(), t) for s, t in zip(captions.strings(), captions.tag_strings())]
     path = write_conll(sentences, tmp_path / "sub" / "captions.conll")   # creates the folder
     assert path == tmp_path / "sub" / "captions.conll"
-    assert read_conll(path, tagset=WORLD_TAGSET) == sentences
+    assert read_conll(path, tagset=TAGS) == sentences
 
 
 def test_docstart_and_blank_lines(tmp_path):
@@ -35,7 +36,7 @@ def test_unknown_tag_names_file_and_line(tmp_path):
     path = tmp_path / "bad.conll"
     path.write_text("a O\nred B-COLOR\n\ndisc B-THING\n", encoding="utf-8")
     with pytest.raises(ValueError, match=re.escape("bad.conll:4: unknown tag 'B-THING'")):
-        read_conll(path, tagset=WORLD_TAGSET)
+        read_conll(path, tagset=TAGS)
     assert read_conll(path)[1] == (["disc"], ["B-THING"])  # without a tag set any tag is read
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .text import TAGS
 
 
 def read_conll(path, tagset=None) -> list[tuple[list[str], list[str]]]:
@@ -58,5 +57,3 @@ def write_conll(sentences, path) -> Path:
             f.write("\n")
     return path
 
-
-WORLD_TAGSET = TAGS

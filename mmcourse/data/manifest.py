@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 
 from .dataset import BatchedDataset, trim_padding
-from .text import Tokenizer
+from .text import WORLD_VOCAB, Tokenizer
 
 REQUIRED = ("image", "text")
 
@@ -139,8 +139,6 @@ def load_manifest(path, image_size: int = 32, tokenizer: Tokenizer | None = None
 
 def write_manifest(dataset, root, n: int | None = None, fmt: str = "jsonl") -> Path:
     """Write generated scenes as PNG files plus a manifest under ``root`` (for demos and tests)."""
-    from .text import WORLD_VOCAB
-
     if fmt not in ("jsonl", "csv"):
         raise ValueError(f"fmt must be 'jsonl' or 'csv', got {fmt!r}")
     root = Path(root)
