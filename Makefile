@@ -56,8 +56,11 @@ execute: setup
 	MMCOURSE_PROFILE=default $(BIN)/jupyter nbconvert --to notebook --execute --inplace \
 		--ExecutePreprocessor.timeout=900 $(NOTEBOOKS)
 
+# Jupyter refuses to run as root unless told to (containers often run as root).
+LAB_FLAGS ?= $(if $(filter 0,$(shell id -u)),--allow-root)
+
 lab: setup
-	$(BIN)/jupyter lab notebooks/
+	$(BIN)/jupyter lab $(LAB_FLAGS) notebooks/
 
 bench: setup
 	$(BIN)/python benchmarks/bench_generate.py
