@@ -9,6 +9,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
+from .data.render import SPECTROGRAM_HOP
 from .glossary import PIPELINE_EDGES
 
 
@@ -33,9 +34,10 @@ def show_images(images, titles=(), ncols: int = 8, scale: float = 1.4):
     return fig
 
 
-def plot_audio(waves, specs, titles, sample_rate: int):
-    """Waveforms (N, T) above their log-mel spectrograms (N, M, F)."""
+def plot_audio(waves, specs, titles, sample_rate: int, hop: int = SPECTROGRAM_HOP):
+    """Waveforms (N, T) above their log-mel spectrograms (N, M, F), on one colour scale."""
     waves, specs = _np(waves), _np(specs)
+    vmin, vmax = np.percentile(specs, [1, 99.5])  # shared, so loud and quiet clips compare
     n = len(waves)
     fig, axes = plt.subplots(2, n, figsize=(2.6 * n, 4.4), squeeze=False)
     t_ms = np.arange(waves.shape[1]) / sample_rate * 1000
@@ -43,8 +45,8 @@ def plot_audio(waves, specs, titles, sample_rate: int):
         axes[0, i].plot(t_ms, waves[i], lw=0.6)
         axes[0, i].set_title(titles[i], fontsize=8)
         axes[0, i].set_xlabel("time (ms)")
-        axes[1, i].imshow(specs[i], origin="lower", aspect="auto", cmap="magma")
-        axes[1, i].set_xlabel("frame")
+        axes[1, i].imshow(specs[i], origin="lower", aspect="auto", cmap="magma", vmin=vmin, vmax=vmax)
+        axes[1, i].set_xlabel(f"frame ({1000 * hop / sample_rate:g} ms hop)")
     axes[0, 0].set_ylabel("amplitude")
     axes[1, 0].set_ylabel("mel band")
     fig.tight_layout()

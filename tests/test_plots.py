@@ -39,7 +39,7 @@ def test_plot_audio_labels(small_dataset):
     assert isinstance(fig, Figure) and len(fig.axes) == 4
     top, bottom = fig.axes[0], fig.axes[2]
     assert top.get_xlabel() == "time (ms)" and top.get_ylabel() == "amplitude" and top.get_title() == "metal"
-    assert bottom.get_xlabel() == "frame" and bottom.get_ylabel() == "mel band"
+    assert bottom.get_xlabel() == "frame (8 ms hop)" and bottom.get_ylabel() == "mel band"
     np.testing.assert_allclose(top.lines[0].get_xdata()[-1], 1023 / 8000 * 1000)  # the time axis is in ms
 
 
@@ -115,3 +115,12 @@ def test_plot_course_map_draws_every_node_and_edge():
 def test_plots_accept_tensors():
     fig = plot_confusion(torch.tensor([[1, 0], [0, 1]]), ["a", "b"])
     assert isinstance(fig, Figure)
+
+
+def test_plot_audio_shares_one_colour_scale_and_names_the_hop(small_dataset):
+    waves = small_dataset.audio[:3]
+    fig = plot_audio(waves, log_mel_spectrogram(waves, 8000), ["a", "b", "c"], sample_rate=8000)
+    images = [im for ax in fig.axes for im in ax.get_images()]
+    assert len(images) == 3 and len({im.get_clim() for im in images}) == 1
+    assert fig.axes[-1].get_xlabel() == "frame (8 ms hop)"
+    plt.close(fig)

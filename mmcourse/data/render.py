@@ -154,8 +154,11 @@ def mel_filterbank(n_freqs: int, n_mels: int, sample_rate: int) -> torch.Tensor:
     return torch.from_numpy(np.clip(np.minimum(up, down), 0, None).T.astype(np.float32))
 
 
+SPECTROGRAM_HOP = 64  # samples between frames: 8 ms at 8 kHz
+
+
 def log_mel_spectrogram(wave: torch.Tensor, sample_rate: int, n_fft: int = 256,
-                        hop: int = 64, n_mels: int = 32) -> torch.Tensor:
+                        hop: int = SPECTROGRAM_HOP, n_mels: int = 32) -> torch.Tensor:
     """Log-mel spectrogram of waveforms (N, T) -> (N, M, F)."""
     if wave.dim() != 2:
         raise ValueError(f"wave must be (N, T), got shape {tuple(wave.shape)}")
