@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from .data.dataset import to_device
+from .metrics import accuracy
 from .utils import autocast
 
 
@@ -58,8 +59,7 @@ def predict(model: nn.Module, loader, device) -> tuple[torch.Tensor, torch.Tenso
 
 def accuracy_on(model: nn.Module, loader, device) -> float:
     """Fraction of correct predictions of ``model`` over ``loader``."""
-    pred, true = predict(model, loader, device)
-    return float((pred == true).float().mean())
+    return accuracy(*predict(model, loader, device))
 
 
 def fit(model: nn.Module, train_loader, dev_loader, optimizer, epochs: int, device) -> History:
