@@ -74,3 +74,51 @@ class ReferenceModel(nn.Module):
         image_feat = self.image_encoder(image)                  # (B, H)
         fused = self.fusion(torch.cat([text_feat, image_feat], dim=1))  # (B, H)
         return self.fc(fused)                                   # (B, C)
+
+
+def count_flops(module: nn.Module, *inputs) -> int:
+    """Floating-point operations of one forward pass on ``inputs`` (torch's FLOP counter: a multiply-add is 2).
+
+    Attention's fused kernels are invisible to the counter (the inference fast
+    path of ``nn.MultiheadAttention``, and the CPU flash kernel of
+    ``scaled_dot_product_attention``), so while counting the fast path is off
+    and attention runs on its plain matmul ("math") backend: the arithmetic is the same.
+    """
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    was_training, fastpath = module.training, torch.backends.mha.get_fastpath_enabled()
+    module.eval()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+            module(*inputs)
+    finally:
+        module.train(was_training)
+        torch.backends.mha.set_fastpath_enabled(fastpath)
+    return int(counter.get_total_flops())
+
+
+def measure_latency(module: nn.Module, *inputs, repeats: int = 20, warmup: int = 3) -> float:
+    """Median seconds of one forward pass on ``inputs`` in eval mode without gradients (synchronising CUDA)."""
+    import statistics
+    import time
+
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
+    was_training = module.training
+    module.eval()
+    sync = torch.cuda.synchronize if any(t.is_cuda for t in inputs if isinstance(t, torch.Tensor)) else (lambda: None)
+    times = []
+    try:
+        with torch.no_grad():
+            for i in range(warmup + repeats):
+                sync()
+                start = time.perf_counter()
+                module(*inputs)
+                sync()
+                if i >= warmup:
+                    times.append(time.perf_counter() - start)
+    finally:
+        module.train(was_training)
+    return statistics.median(times)
