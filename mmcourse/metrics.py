@@ -1,4 +1,4 @@
-"""Evaluation: accuracy, the per-class report, the confusion matrix.
+"""Evaluation: accuracy, the per-class report, the confusion matrix, calibration.
 
 Shape letters: N samples, C classes.
 """
@@ -52,3 +52,27 @@ def confusion_matrix(pred, true, num_classes: int) -> np.ndarray:
     """Counts (C, C): row = true class, column = predicted class."""
     pred, true = _check_pair(pred, true)
     return skm.confusion_matrix(true, pred, labels=list(range(num_classes)))
+
+
+def expected_calibration_error(probs, true, bins: int = 10) -> float:
+    """Expected calibration error: the gap between confidence and accuracy, averaged over confidence bins.
+
+    Predictions are grouped into ``bins`` equal-width bins of their confidence
+    (the largest probability); ECE = sum over bins of |sum(correct - confidence)| / N,
+    i.e. each bin's |accuracy - mean confidence| weighted by its share of samples.
+
+    Args:
+        probs: (N, C) class probabilities (rows sum to 1).
+        true: (N,) true classes.
+        bins: number of bins on [0, 1].
+    """
+    probs = torch.as_tensor(probs)
+    true = torch.as_tensor(true)
+    if probs.dim() != 2 or true.shape != probs.shape[:1]:
+        raise ValueError(f"expected probs (N, C) and true (N,), got {tuple(probs.shape)} and {tuple(true.shape)}")
+    if bins < 1:
+        raise ValueError(f"bins must be >= 1, got {bins}")
+    confidence, pred = probs.max(dim=1)
+    index = (confidence * bins).long().clamp(0, bins - 1)
+    gap = torch.bincount(index.cpu(), weights=((pred == true).double() - confidence.double()).cpu(), minlength=bins)
+    return float(gap.abs().sum() / len(true))

@@ -156,3 +156,200 @@ def plot_course_map():
     ax.set_title("The course map: the article's pipeline, stage by stage")
     fig.tight_layout()
     return fig
+
+
+# --- chapter 03 ---
+
+
+def plot_sweep(x, panels: dict[str, dict[str, list]], xlabel: str, title: str,
+               hlines: dict[str, dict[str, float]] | None = None, styles: dict[str, dict] | None = None,
+               logx: bool = True):
+    """Metrics against one hyper-parameter (e.g. a regularisation strength), one panel per metric.
+
+    Args:
+        x: the hyper-parameter values (K,).
+        panels: per panel, keyed by its y-axis label, the curves ``{label: K values}``.
+        xlabel: the x-axis label, with units.
+        title: the figure title (state the finding).
+        hlines: per panel label, reference levels ``{label: value}`` drawn as grey lines.
+        styles: per curve label, keyword arguments for ``Axes.plot`` (colour, line style).
+        logx: logarithmic x axis.
+    """
+    x = _np(x)
+    if not panels:
+        raise ValueError("panels is empty: give at least one {y label: {curve label: values}}")
+    unknown = set(hlines or {}) - set(panels)
+    if unknown:
+        raise ValueError(f"hlines names panels {sorted(unknown)} that are not in panels {list(panels)}")
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.3 * len(panels), 3.5), squeeze=False)
+    for ax, (ylabel, curves) in zip(axes[0], panels.items()):
+        for label, values in curves.items():
+            values = _np(values)
+            if values.shape != x.shape:
+                raise ValueError(f"curve {label!r} has shape {values.shape}, expected {x.shape} like x")
+            ax.plot(x, values, marker="o", ms=3, label=label, **(styles or {}).get(label, {}))
+        for (label, value), ls in zip((hlines or {}).get(ylabel, {}).items(), itertools.cycle((":", "--", "-."))):
+            ax.axhline(value, color="grey", ls=ls, lw=1, label=label)
+        if logx:
+            ax.set_xscale("log")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.legend(fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+# --- chapter 04 ---
+
+
+def plot_accuracy_vs_cost(points: list[dict], xlabel: str, title: str,
+                          ylabel: str = "gap to the Bayes limit (percentage points)",
+                          hlines: dict[str, float] | None = None, ax=None):
+    """One labelled marker per model: a gap (y) against a cost (x, log scale), coloured by group.
+
+    Args:
+        points: one dict per model with ``name`` (the marker's label), ``group`` (its colour, e.g. the
+            modality), ``cost`` (> 0, e.g. FLOPs per sample), ``gap`` (e.g. Bayes limit minus accuracy, in
+            the unit of ``ylabel``) and optionally ``err`` (half-length of an error bar on the gap).
+        xlabel, title: axis label with units; a title that states the finding.
+        hlines: reference levels ``{label: y}`` drawn as grey lines (e.g. the target).
+    """
+    if not points:
+        raise ValueError("points is empty: give at least one {name, group, cost, gap}")
+    missing = [sorted({"name", "group", "cost", "gap"} - set(p)) for p in points]
+    if any(missing):
+        raise ValueError(f"every point needs name, group, cost and gap; missing {next(m for m in missing if m)}")
+    if any(p["cost"] <= 0 for p in points):
+        raise ValueError("costs must be > 0 on a logarithmic axis")
+    fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(7.5, 4.2))
+    colours = dict(zip(dict.fromkeys(p["group"] for p in points), plt.rcParams["axes.prop_cycle"].by_key()["color"]))
+    for group, colour in colours.items():
+        mine = [p for p in points if p["group"] == group]
+        ax.errorbar([p["cost"] for p in mine], [p["gap"] for p in mine], yerr=[p.get("err", 0.0) for p in mine],
+                    fmt="o", color=colour, ms=7, capsize=3, label=group)
+    places = (((0, 8), "center"), ((0, -15), "center"), ((8, -3), "left"))   # above, below, right of the marker
+    for rank, p in enumerate(sorted(points, key=lambda p: p["cost"])):       # neighbours in x take turns
+        offset, align = places[rank % len(places)]
+        ax.annotate(p["name"], (p["cost"], p["gap"]), textcoords="offset points", xytext=offset, ha=align,
+                    fontsize=8)
+    for (label, y), ls in zip((hlines or {}).items(), itertools.cycle(("--", ":", "-."))):
+        ax.axhline(y, color="grey", ls=ls, lw=1, label=label)
+    ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_grouped_bars(values: dict[str, dict[str, float]], ylabel: str, title: str,
+                      hlines: dict[str, float] | None = None, ax=None):
+    """Grouped vertical bars: ``values[series][group]``, the groups on the x axis, one bar per series.
+
+    Every series must give a value for the same groups, in the same order.
+    """
+    if not values:
+        raise ValueError("values is empty: give at least one {series: {group: value}}")
+    groups = list(next(iter(values.values())))
+    for series, row in values.items():
+        if list(row) != groups:
+            raise ValueError(f"series {series!r} has groups {list(row)}, expected {groups}")
+    fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(7.5, 3.6))
+    width = 0.8 / len(values)
+    x = np.arange(len(groups))
+    for i, (series, row) in enumerate(values.items()):
+        ax.bar(x + (i - (len(values) - 1) / 2) * width, list(row.values()), width, label=series)
+    for (label, y), ls in zip((hlines or {}).items(), itertools.cycle(("--", ":", "-."))):
+        ax.axhline(y, color="grey", ls=ls, lw=1, label=label)
+    ax.set_xticks(x, groups)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))   # outside: bars stay visible
+    fig.tight_layout()
+    return fig
+
+
+# --- chapter 05 ---
+
+
+def plot_heatmap(values: dict[str, dict[str, float]], title: str, xlabel: str, ylabel: str = "",
+                 reference: dict[str, float] | None = None, reference_label: str = "Bayes limit",
+                 cbar_label: str | None = None, span: float = 0.5, ax=None):
+    """A table of numbers as an annotated heatmap: ``values[row][column]``, rows top to bottom.
+
+    Every row must give a value for the same columns, in the same order (e.g. rows are
+    models, columns are test conditions). With a ``reference`` (column -> value, e.g. the
+    Bayes limit of each condition) the reference is drawn as the first row and the colours
+    show each value minus its column's reference, from -``span`` (red) to +``span`` (blue),
+    so a cell far below its ceiling stands out; without one the colours show the values in [0, 1].
+    The numbers written in the cells are always the values themselves.
+    """
+    if not values:
+        raise ValueError("values is empty: give at least one {row: {column: value}}")
+    columns = list(next(iter(values.values())))
+    rows = {reference_label: reference, **values} if reference is not None else dict(values)
+    for row, cells in rows.items():
+        if list(cells) != columns:
+            raise ValueError(f"row {row!r} has columns {list(cells)}, expected {columns}")
+    grid = np.array([[cells[c] for c in columns] for cells in rows.values()], dtype=float)  # (rows, columns)
+    if reference is not None:
+        shade, cmap, vmin, vmax = grid - grid[:1], "RdBu", -span, span
+    else:
+        shade, cmap, vmin, vmax = grid, "viridis", 0.0, 1.0
+    fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(1.3 * len(columns) + 2.5,
+                                                                         0.38 * len(rows) + 1.4))
+    im = ax.imshow(shade, cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto")
+    for i, j in itertools.product(range(grid.shape[0]), range(grid.shape[1])):
+        dark = abs(shade[i, j]) > 0.6 * span if reference is not None else shade[i, j] < 0.6
+        ax.text(j, i, f"{grid[i, j]:.3f}", ha="center", va="center", fontsize=7, color="white" if dark else "black")
+    if reference is not None:
+        ax.axhline(0.5, color="black", lw=1.5)
+    ax.set_xticks(np.arange(len(columns)), columns, fontsize=8)
+    ax.set_yticks(np.arange(len(rows)), list(rows), fontsize=8)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
+    label = cbar_label or (f"value - {reference_label.lower()}" if reference is not None else "value")
+    fig.colorbar(im, ax=ax, fraction=0.046, label=label)
+    fig.tight_layout()
+    return fig
+
+
+def plot_bars(values: dict[str, float], xlabel: str, title: str, highlight: str | None = None,
+              reference: dict[str, float] | None = None, log: bool = False, fmt: str = "{:.3f}",
+              xlim: tuple[float, float] | None = None, ax=None):
+    """Horizontal bars with their values written beside them (any quantity: accuracy, parameters, latency).
+
+    Args:
+        values: bar label -> value, drawn bottom to top in this order.
+        xlabel, title: the axis label with units; a title that states the finding.
+        highlight: the label of the bar drawn in colour (the others grey); None: all in colour.
+        reference: levels ``{label: x}`` drawn as vertical grey lines (e.g. a Bayes limit).
+        log: logarithmic x axis (values must then be > 0).
+        fmt: format of the value labels.
+    """
+    if not values:
+        raise ValueError("values is empty: give at least one {label: value}")
+    if highlight is not None and highlight not in values:
+        raise ValueError(f"highlight {highlight!r} is not one of {list(values)}")
+    if log and min(values.values()) <= 0:
+        raise ValueError("values must be > 0 on a logarithmic axis")
+    fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(6.5, 0.5 + 0.4 * len(values)))
+    colours = ["tab:blue" if highlight in (None, k) else "0.6" for k in values]
+    bars = ax.barh(list(values), list(values.values()), color=colours)
+    ax.bar_label(bars, labels=[fmt.format(v) for v in values.values()], padding=3, fontsize=7)
+    for (label, x), ls in zip((reference or {}).items(), itertools.cycle(("--", ":", "-."))):
+        ax.axvline(x, color="0.3", ls=ls, lw=1, label=label)
+    if reference:  # above the axes, so that it never hides a bar or its value
+        ax.legend(fontsize=7, loc="lower right", bbox_to_anchor=(1.0, 1.0), frameon=False)
+    if log:
+        ax.set_xscale("log")
+        ax.set_xlim(min(values.values()) / 2, max(values.values()) * 8)   # room for the value labels
+    if xlim is not None:
+        ax.set_xlim(*xlim)
+    ax.set_xlabel(xlabel)
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return fig

@@ -5,10 +5,11 @@ import math
 
 import numpy as np
 import pytest
+import torch
 from sklearn.linear_model import LogisticRegression
 
 from mmcourse.data.text import (ENTITY_TYPES, PAD_ID, SHAPE_FILLERS, SYNONYMS, TAGS, UNK_ID, WORLD_VOCAB, Captions,
-                                Tokenizer, Vocab, _split_phrase, generate_captions)
+                                Tokenizer, Vocab, _split_phrase, bag_of_words, generate_captions)
 from mmcourse.data.world import ATTRIBUTES
 
 TYPE_TO_ATTRIBUTE = {t: a for a, t in ENTITY_TYPES.items()}
@@ -201,3 +202,20 @@ def test_decode_takes_one_row_or_a_batch():
     assert WORLD_VOCAB.decode(ids) == ["a red disc", "a thing"]
     with pytest.raises(ValueError, match=r"ids must be \(L,\) or \(N, L\), got shape \(1, 2, 3\)"):
         WORLD_VOCAB.decode(np.zeros((1, 2, 3), dtype=np.int64))
+
+
+def test_bag_of_words_counts_words_and_ignores_padding():
+    ids = torch.tensor([[5, 5, 7, PAD_ID], [UNK_ID, PAD_ID, PAD_ID, PAD_ID]])
+    counts = bag_of_words(ids, 10)
+    expected = torch.zeros(2, 10)
+    expected[0, 5], expected[0, 7], expected[1, UNK_ID] = 2, 1, 1
+    assert torch.equal(counts, expected)
+    # Extra padding columns change nothing.
+    assert torch.equal(bag_of_words(torch.cat([ids, torch.zeros(2, 3, dtype=torch.long)], 1), 10), counts)
+
+
+def test_bag_of_words_rejects_bad_ids():
+    with pytest.raises(ValueError, match=r"ids must be token ids \(N, L\)"):
+        bag_of_words(torch.zeros(3), 10)
+    with pytest.raises(ValueError, match=r"ids must lie in \[0, 10\)"):
+        bag_of_words(torch.tensor([[3, 10]]), 10)

@@ -1,4 +1,4 @@
-"""mmcourse.metrics: accuracy, the per-class report against scikit-learn, the confusion matrix."""
+"""mmcourse.metrics: accuracy, the per-class report against scikit-learn, the confusion matrix, calibration."""
 from __future__ import annotations
 
 import numpy as np
@@ -6,7 +6,7 @@ import pytest
 import torch
 from sklearn.metrics import precision_recall_fscore_support
 
-from mmcourse.metrics import accuracy, classification_report, confusion_matrix
+from mmcourse.metrics import accuracy, classification_report, confusion_matrix, expected_calibration_error
 
 CLASSES = ("ringing circle", "muted circle", "ringing square", "muted square")
 
@@ -93,3 +93,32 @@ def test_confusion_matrix_rows_are_true_classes():
 
 def test_confusion_matrix_keeps_absent_classes():
     assert confusion_matrix([0], [0], num_classes=4).shape == (4, 4)
+
+
+def test_expected_calibration_error_equals_a_loop_over_bins():
+    gen = torch.Generator().manual_seed(0)
+    probs = torch.softmax(3 * torch.randn(500, 4, generator=gen), dim=1)
+    true = torch.randint(0, 4, (500,), generator=gen)
+    conf, pred = probs.max(1)
+    expected = 0.0
+    for b in range(10):
+        lo, hi = b / 10, (b + 1) / 10
+        in_bin = [i for i in range(500) if lo <= conf[i] < hi or (b == 9 and conf[i] == 1.0)]
+        if in_bin:
+            acc = sum(float(pred[i] == true[i]) for i in in_bin) / len(in_bin)
+            mean_conf = sum(float(conf[i]) for i in in_bin) / len(in_bin)
+            expected += len(in_bin) / 500 * abs(acc - mean_conf)
+    assert expected_calibration_error(probs, true) == pytest.approx(expected, abs=1e-9)
+
+
+def test_expected_calibration_error_is_zero_when_confidence_matches_accuracy():
+    probs = torch.tensor([[0.75, 0.25]] * 4)           # confidence 0.75, three of four right
+    assert expected_calibration_error(probs, torch.tensor([0, 0, 0, 1])) == pytest.approx(0.0)
+    assert expected_calibration_error(probs, torch.tensor([1, 1, 1, 1])) == pytest.approx(0.75)
+
+
+def test_expected_calibration_error_rejects_bad_shapes():
+    with pytest.raises(ValueError, match=r"probs \(N, C\) and true \(N,\)"):
+        expected_calibration_error(torch.ones(3, 2) / 2, torch.zeros(4, dtype=torch.long))
+    with pytest.raises(ValueError, match="bins must be >= 1"):
+        expected_calibration_error(torch.ones(3, 2) / 2, torch.zeros(3, dtype=torch.long), bins=0)

@@ -9,8 +9,8 @@ from matplotlib.figure import Figure
 
 from mmcourse.data.render import log_mel_spectrogram
 from mmcourse.glossary import PIPELINE_EDGES
-from mmcourse.plots import (_MAP_LAYOUT, plot_accuracy_bars, plot_audio, plot_bayes_table, plot_confusion,
-                            plot_course_map, plot_history, show_images)
+from mmcourse.plots import (_MAP_LAYOUT, plot_accuracy_bars, plot_accuracy_vs_cost, plot_audio, plot_bayes_table,
+                            plot_confusion, plot_course_map, plot_grouped_bars, plot_history, plot_sweep, show_images)
 from mmcourse.training import History
 
 
@@ -124,3 +124,45 @@ def test_plot_audio_shares_one_colour_scale_and_names_the_hop(small_dataset):
     assert len(images) == 3 and len({im.get_clim() for im in images}) == 1
     assert fig.axes[-1].get_xlabel() == "frame (8 ms hop)"
     plt.close(fig)
+
+
+def test_plot_sweep_panels_and_errors():
+    fig = plot_sweep([1e-3, 1e-2, 1e-1], {"accuracy": {"a": [0.5, 0.6, 0.4]}, "loss": {"b": [1, 2, 3]}},
+                     xlabel="lambda", title="t", hlines={"accuracy": {"Bayes": 0.85}})
+    assert len(fig.axes) == 2 and fig.axes[0].get_xscale() == "log" and fig.axes[0].get_xlabel() == "lambda"
+    assert [line.get_label() for line in fig.axes[0].get_lines()] == ["a", "Bayes"]
+    with pytest.raises(ValueError, match="has shape"):
+        plot_sweep([1, 2], {"y": {"a": [1, 2, 3]}}, "x", "t")
+    with pytest.raises(ValueError, match="not in panels"):
+        plot_sweep([1, 2], {"y": {"a": [1, 2]}}, "x", "t", hlines={"z": {"h": 1}})
+
+
+def test_plot_accuracy_vs_cost_one_marker_per_point_and_log_x():
+    points = [dict(name="a", group="text", cost=1e3, gap=0.5, err=0.2), dict(name="b", group="image", cost=1e6, gap=9.0),
+              dict(name="c", group="image", cost=1e4, gap=-0.3)]
+    fig = plot_accuracy_vs_cost(points, xlabel="FLOPs", title="t", hlines={"target": 3.0})
+    ax = fig.axes[0]
+    assert isinstance(fig, Figure) and ax.get_xscale() == "log" and ax.get_xlabel() == "FLOPs"
+    assert sorted(t.get_text() for t in ax.texts) == ["a", "b", "c"]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["target", "text", "image"]
+    plt.close(fig)
+
+
+@pytest.mark.parametrize("bad, message", [([], "points is empty"), ([dict(name="a", group="g", cost=1.0)], "missing ['gap']"),
+                                          ([dict(name="a", group="g", cost=0.0, gap=1.0)], "costs must be > 0")])
+def test_plot_accuracy_vs_cost_rejects_bad_points(bad, message):
+    with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        plot_accuracy_vs_cost(bad, xlabel="x", title="t")
+
+
+def test_plot_grouped_bars_draws_series_times_groups():
+    fig = plot_grouped_bars({"cnn": {"circle": 1.0, "square": 0.9}, "mlp": {"circle": 0.7, "square": 0.6}},
+                            ylabel="fraction", title="t", hlines={"Bayes": 1.0})
+    ax = fig.axes[0]
+    assert len(ax.patches) == 4 and [t.get_text() for t in ax.get_xticklabels()] == ["circle", "square"]
+    plt.close(fig)
+
+
+def test_plot_grouped_bars_needs_the_same_groups():
+    with pytest.raises(ValueError, match="series 'b' has groups"):
+        plot_grouped_bars({"a": {"x": 1.0}, "b": {"y": 1.0}}, ylabel="y", title="t")

@@ -10,14 +10,14 @@ from .conll import read_conll, write_conll
 from .dataset import MultimodalDataset, Split, collate, generate, make_loader, make_splits, to_device
 from .manifest import load_manifest, read_manifest, write_manifest
 from .render import log_mel_spectrogram, render_audio, render_images
-from .text import ENTITY_TYPES, PAD_ID, TAGS, TEMPLATES, UNK_ID, WORLD_VOCAB, Captions, Tokenizer, Vocab, generate_captions
+from .text import ENTITY_TYPES, bag_of_words, PAD_ID, TAGS, TEMPLATES, UNK_ID, WORLD_VOCAB, Captions, Tokenizer, Vocab, generate_captions
 from .world import (ATTRIBUTES, LABEL_RULES, MODALITIES, RINGING_MATERIALS, LabelRule, Scenes, World, WorldConfig,
                     observation_model, register_label_rule)
 
 __all__ = [
     "ATTRIBUTES", "ENTITY_TYPES", "LABEL_RULES", "MODALITIES", "PAD_ID", "RINGING_MATERIALS", "TAGS", "TEMPLATES",
     "UNK_ID", "WORLD_VOCAB", "BayesClassifier", "Captions", "LabelRule",
-    "MultimodalDataset", "Scenes", "Split", "Tokenizer", "Vocab", "World", "WorldConfig", "all_subsets",
+    "MultimodalDataset", "Scenes", "Split", "Tokenizer", "Vocab", "World", "WorldConfig", "all_subsets", "bag_of_words",
     "bayes_accuracy", "bayes_classifier", "bayes_table", "collate", "generate", "generate_captions",
     "load_manifest", "log_mel_spectrogram", "make_loader", "make_splits", "observation_model",
     "read_conll", "read_manifest", "register_label_rule", "render_audio", "render_images", "to_device", "write_conll",

@@ -14,6 +14,7 @@ import re
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from .world import ATTRIBUTES, Scenes
 
@@ -217,3 +218,18 @@ def generate_captions(scenes: Scenes, mentioned: dict[str, np.ndarray], rng: np.
     length = int((tok >= 0).sum(1).max()) if n else 0
     tok, tag = tok[:, :length], tag[:, :length]
     return Captions(ids=np.where(tok < 0, PAD_ID, tok), tags=np.where(tok < 0, 0, tag))
+
+
+def bag_of_words(ids: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """Word counts of token ids: (N, L) int64 -> (N, V) float32; padding (``PAD_ID``) is not counted.
+
+    Raises:
+        ValueError: if ``ids`` is not a 2-D integer tensor or holds an id outside [0, V).
+    """
+    if not isinstance(ids, torch.Tensor) or ids.dim() != 2 or ids.is_floating_point():
+        raise ValueError(f"ids must be token ids (N, L), got {getattr(ids, 'dtype', type(ids).__name__)} "
+                         f"of shape {tuple(getattr(ids, 'shape', ()))}")
+    if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= vocab_size):
+        raise ValueError(f"ids must lie in [0, {vocab_size}), got min {int(ids.min())}, max {int(ids.max())}")
+    counts = torch.zeros(len(ids), vocab_size, device=ids.device)
+    return counts.scatter_add_(1, ids, (ids != PAD_ID).float())
