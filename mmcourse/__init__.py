@@ -2,7 +2,9 @@
 
 One module per concept; the notebooks import from here what earlier chapters
 built. ``utils`` (seeding, device, precision), ``config`` (profiles), ``data``
-(the synthetic world, Bayes limits, loaders), ``models``, ``training``,
-``metrics``, ``plots``, ``report`` and ``course`` (running every notebook).
+(the synthetic world, Bayes limits, loaders), ``losses``, ``encoders``,
+``fusion``, ``robustness`` (missing and noisy modalities), ``models``,
+``training``, ``metrics``, ``plots``, ``report`` and ``course`` (running every
+notebook).
 """
 __version__ = "0.1.0"

@@ -88,15 +88,32 @@ def count_flops(module: nn.Module, *inputs) -> int:
     from torch.utils.flop_counter import FlopCounterMode
 
     was_training, fastpath = module.training, torch.backends.mha.get_fastpath_enabled()
+    grads = [p.requires_grad for p in module.parameters()]
     module.eval()
+    # The counter's module tracker fails on views of gradient-requiring parameters under no_grad
+    # ("Expected gradient function to be set", seen with nn.MultiheadAttention): freeze them meanwhile.
+    module.requires_grad_(False)
     torch.backends.mha.set_fastpath_enabled(False)
     try:
         with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
             module(*inputs)
     finally:
         module.train(was_training)
+        for p, g in zip(module.parameters(), grads):
+            p.requires_grad_(g)
         torch.backends.mha.set_fastpath_enabled(fastpath)
     return int(counter.get_total_flops())
+
+
+def _on_cuda(x) -> bool:
+    """Whether a tensor, or any tensor in a (nested) dict / list / tuple, lives on a CUDA device."""
+    if isinstance(x, torch.Tensor):
+        return x.is_cuda
+    if isinstance(x, dict):
+        return any(_on_cuda(v) for v in x.values())
+    if isinstance(x, (list, tuple)):
+        return any(_on_cuda(v) for v in x)
+    return False
 
 
 def measure_latency(module: nn.Module, *inputs, repeats: int = 20, warmup: int = 3) -> float:
@@ -108,7 +125,8 @@ def measure_latency(module: nn.Module, *inputs, repeats: int = 20, warmup: int =
         raise ValueError(f"repeats must be >= 1, got {repeats}")
     was_training = module.training
     module.eval()
-    sync = torch.cuda.synchronize if any(t.is_cuda for t in inputs if isinstance(t, torch.Tensor)) else (lambda: None)
+    on_cuda = _on_cuda(inputs) or any(p.is_cuda for p in module.parameters())
+    sync = torch.cuda.synchronize if on_cuda else (lambda: None)
     times = []
     try:
         with torch.no_grad():

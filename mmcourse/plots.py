@@ -71,18 +71,8 @@ def plot_bayes_table(table: dict, chance: float | None = None, ax=None):
 
 
 def plot_accuracy_bars(values: dict[str, float], highlight: str, title: str, ax=None):
-    """Horizontal bars of accuracies (models and limits), the ``highlight`` one in colour."""
-    if highlight not in values:
-        raise ValueError(f"highlight {highlight!r} is not one of {list(values)}")
-    fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(6.5, 0.5 + 0.5 * len(values)))
-    bars = ax.barh(list(values), list(values.values()),
-                   color=["tab:blue" if k == highlight else "0.6" for k in values])
-    ax.bar_label(bars, fmt="%.3f", padding=3, fontsize=8)
-    ax.set_xlim(0, 1.1)
-    ax.set_xlabel("accuracy (fraction of scenes)")
-    ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    return fig
+    """Horizontal bars of accuracies (models and limits) on [0, 1], the ``highlight`` one in colour."""
+    return plot_bars(values, "accuracy (fraction of scenes)", title, highlight=highlight, xlim=(0, 1.1), ax=ax)
 
 
 def plot_confusion(matrix, class_names, title: str = "Confusion matrix (rows: true class)", ax=None):

@@ -334,3 +334,18 @@ def test_same_seed_same_output_other_seed_other_output(modality, family):
     a, b = _encoder(modality, family, seed=0).eval()(x), _encoder(modality, family, seed=0).eval()(x)
     assert torch.equal(a, b)
     assert not torch.equal(a, _encoder(modality, family, seed=1).eval()(x))
+
+
+def test_count_flops_handles_attention_modules_and_restores_requires_grad():
+    from mmcourse.fusion import make_fusion, FusionModel
+    model = FusionModel(make_fusion("cross_attention", {"a": 3, "b": 5}, 8, 4), 4)
+    model.head.weight.requires_grad_(False)                      # a frozen part stays frozen afterwards
+    before = {n: p.requires_grad for n, p in model.named_parameters()}
+    assert count_flops(model, {"a": torch.ones(1, 3), "b": torch.ones(1, 5)}) > 0
+    assert {n: p.requires_grad for n, p in model.named_parameters()} == before
+
+
+def test_measure_latency_accepts_a_modality_dict():
+    from mmcourse.fusion import make_fusion, FusionModel
+    model = FusionModel(make_fusion("concat", {"a": 3, "b": 5}, 8, 4), 4)
+    assert measure_latency(model, {"a": torch.ones(2, 3), "b": torch.ones(2, 5)}, repeats=2, warmup=0) > 0

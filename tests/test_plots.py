@@ -9,8 +9,9 @@ from matplotlib.figure import Figure
 
 from mmcourse.data.render import log_mel_spectrogram
 from mmcourse.glossary import PIPELINE_EDGES
-from mmcourse.plots import (_MAP_LAYOUT, plot_accuracy_bars, plot_accuracy_vs_cost, plot_audio, plot_bayes_table,
-                            plot_confusion, plot_course_map, plot_grouped_bars, plot_history, plot_sweep, show_images)
+from mmcourse.plots import (_MAP_LAYOUT, plot_accuracy_bars, plot_accuracy_vs_cost, plot_audio, plot_bars,
+                            plot_bayes_table, plot_confusion, plot_course_map, plot_grouped_bars, plot_heatmap,
+                            plot_history, plot_sweep, show_images)
 from mmcourse.training import History
 
 
@@ -166,3 +167,37 @@ def test_plot_grouped_bars_draws_series_times_groups():
 def test_plot_grouped_bars_needs_the_same_groups():
     with pytest.raises(ValueError, match="series 'b' has groups"):
         plot_grouped_bars({"a": {"x": 1.0}, "b": {"y": 1.0}}, ylabel="y", title="t")
+
+
+def test_plot_heatmap_colours_the_distance_to_the_reference_and_writes_the_values():
+    values = {"a": {"x": 0.9, "y": 0.2}, "b": {"x": 0.5, "y": 0.5}}
+    fig = plot_heatmap(values, "t", "condition", reference={"x": 0.9, "y": 0.5}, span=0.5)
+    ax = fig.axes[0]
+    shade = ax.images[0].get_array()
+    np.testing.assert_allclose(shade, [[0, 0], [0, -0.3], [-0.4, 0]], atol=1e-12)   # row 0: the reference itself
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["Bayes limit", "a", "b"]
+    assert sorted(t.get_text() for t in ax.texts) == sorted(["0.900", "0.500", "0.900", "0.200", "0.500", "0.500"])
+
+
+def test_plot_heatmap_without_reference_shows_values_and_rejects_ragged_rows():
+    fig = plot_heatmap({"a": {"x": 0.25}}, "t", "x")
+    np.testing.assert_allclose(fig.axes[0].images[0].get_array(), [[0.25]])
+    with pytest.raises(ValueError, match="row 'b' has columns"):
+        plot_heatmap({"a": {"x": 1.0}, "b": {"y": 1.0}}, "t", "x")
+    with pytest.raises(ValueError, match="row 'Bayes limit' has columns"):
+        plot_heatmap({"a": {"x": 1.0}}, "t", "x", reference={"y": 1.0})
+
+
+def test_plot_bars_labels_highlight_reference_and_log_axis():
+    fig = plot_bars({"a": 10.0, "b": 1000.0}, "ms", "t", highlight="b", reference={"limit": 100.0}, log=True,
+                    fmt="{:.0f}")
+    ax = fig.axes[0]
+    assert ax.get_xscale() == "log"
+    assert [t.get_text() for t in ax.texts] == ["10", "1000"]
+    colours = [p.get_facecolor() for p in ax.patches]
+    assert colours[0] != colours[1]                       # only the highlighted bar is in colour
+    assert any(line.get_xdata()[0] == 100.0 for line in ax.lines)
+    with pytest.raises(ValueError, match="highlight 'c'"):
+        plot_bars({"a": 1.0}, "x", "t", highlight="c")
+    with pytest.raises(ValueError, match="> 0 on a logarithmic axis"):
+        plot_bars({"a": 0.0}, "x", "t", log=True)
