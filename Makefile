@@ -21,9 +21,6 @@ export PATH := $(BIN):$(PATH)
 export PYTHONUNBUFFERED := 1
 # Jupyter prints a warning about platformdirs migration otherwise.
 export JUPYTER_PLATFORM_DIRS := 1
-# Idle OpenMP threads sleep instead of spinning: on a busy 2-core machine spinning
-# threads made torch's two-thread ops 5-14x slower (measured while writing chapter 04).
-export OMP_WAIT_POLICY ?= PASSIVE
 
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 
