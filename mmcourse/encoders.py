@@ -28,7 +28,7 @@ import torchvision
 from torch import nn
 
 from .data.dataset import make_loader, to_device
-from .data.render import SPECTROGRAM_HOP, mel_filterbank
+from .data.render import SPECTROGRAM_HOP, log_mel_spectrogram, mel_filterbank
 from .data.text import PAD_ID, WORLD_VOCAB
 from .models import masked_mean
 
@@ -264,17 +264,15 @@ class LogMel(nn.Module):
 
     def __init__(self, sample_rate: int = 8000, n_fft: int = N_FFT, hop: int = SPECTROGRAM_HOP, n_mels: int = N_MELS):
         super().__init__()
-        self.n_fft, self.hop = n_fft, hop
-        self.register_buffer("window", torch.hann_window(n_fft), persistent=False)
+        self.sample_rate, self.n_fft, self.hop = sample_rate, n_fft, hop
         self.register_buffer("filterbank", mel_filterbank(n_fft // 2 + 1, n_mels, sample_rate), persistent=False)
 
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
         _check(wave, "audio", 2, float_=True)
         if wave.shape[1] < self.n_fft:
             raise ValueError(f"audio must have at least n_fft={self.n_fft} samples, got {wave.shape[1]}")
-        wave = wave.float()                                           # stft has no bf16 kernel
-        spec = torch.stft(wave, self.n_fft, self.hop, window=self.window, return_complex=True).abs() ** 2
-        return torch.log(torch.einsum("bkf,km->bmf", spec, self.filterbank) + 1e-6)
+        return log_mel_spectrogram(wave.float(), self.sample_rate, self.n_fft, self.hop,  # stft has no bf16 kernel
+                                   filterbank=self.filterbank)
 
 
 class CNNAudioEncoder(Encoder):

@@ -158,11 +158,17 @@ SPECTROGRAM_HOP = 64  # samples between frames: 8 ms at 8 kHz
 
 
 def log_mel_spectrogram(wave: torch.Tensor, sample_rate: int, n_fft: int = 256,
-                        hop: int = SPECTROGRAM_HOP, n_mels: int = 32) -> torch.Tensor:
-    """Log-mel spectrogram of waveforms (N, T) -> (N, M, F)."""
+                        hop: int = SPECTROGRAM_HOP, n_mels: int = 32,
+                        filterbank: torch.Tensor | None = None) -> torch.Tensor:
+    """Log-mel spectrogram of waveforms (N, T) -> (N, M, F).
+
+    ``filterbank`` (n_fft/2+1, M) may be passed in precomputed (a module keeps it as a
+    buffer on its device); by default it is built for ``sample_rate`` and ``n_mels``.
+    """
     if wave.dim() != 2:
         raise ValueError(f"wave must be (N, T), got shape {tuple(wave.shape)}")
     window = torch.hann_window(n_fft, device=wave.device, dtype=wave.dtype)
     spec = torch.stft(wave, n_fft, hop, window=window, return_complex=True).abs() ** 2  # (N, n_fft/2+1, F)
-    fb = mel_filterbank(n_fft // 2 + 1, n_mels, sample_rate).to(wave.device, wave.dtype)
-    return torch.log(torch.einsum("nkf,km->nmf", spec, fb) + 1e-6)
+    if filterbank is None:
+        filterbank = mel_filterbank(n_fft // 2 + 1, n_mels, sample_rate)
+    return torch.log(torch.einsum("nkf,km->nmf", spec, filterbank.to(wave.device, wave.dtype)) + 1e-6)
