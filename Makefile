@@ -44,16 +44,16 @@ unit: setup
 	$(BIN)/python -m pytest -q tests
 
 notebooks-smoke: setup
-	MMCOURSE_PROFILE=smoke $(BIN)/python -m pytest -q --nbval-lax \
+	MMCOURSE_PROFILE=smoke MMCOURSE_PROGRESS=0 $(BIN)/python -m pytest -q --nbval-lax \
 		--nbval-sanitize-with notebooks/sanitize.cfg -p no:cacheprovider $(NOTEBOOKS)
 
 ## make course PROFILE=default|smoke|full: run every notebook with papermill, write build/RESULTS.md.
 course: setup
-	$(BIN)/python -m mmcourse.course --profile $(PROFILE) --seed $(SEED)
+	MMCOURSE_PROGRESS=0 $(BIN)/python -m mmcourse.course --profile $(PROFILE) --seed $(SEED)
 
 ## make execute: re-run the committed notebooks in place (default profile) so they carry real outputs.
 execute: setup
-	MMCOURSE_PROFILE=default $(BIN)/jupyter nbconvert --to notebook --execute --inplace \
+	MMCOURSE_PROFILE=default MMCOURSE_PROGRESS=0 $(BIN)/jupyter nbconvert --to notebook --execute --inplace \
 		--ExecutePreprocessor.timeout=900 $(NOTEBOOKS)
 
 # Jupyter refuses to run as root unless told to (containers often run as root).

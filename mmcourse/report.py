@@ -7,12 +7,10 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .utils import build_dir, get_device
+from .utils import atomic_write, build_dir, get_device
 
 
 @dataclass
@@ -53,17 +51,7 @@ class Results:
         folder = Path(folder) if folder is not None else build_dir("results")
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"{self.notebook}.json"
-        fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(asdict(self), f, indent=2)
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; use the usual mode
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write(path, lambda f: f.write(json.dumps(asdict(self), indent=2).encode("utf-8")))
         return path
 
     def table(self) -> str:

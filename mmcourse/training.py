@@ -1,47 +1,576 @@
-"""A small, honest training loop: one epoch of Adam steps, prediction, and ``fit``.
+"""One training loop for every stage: schedules, clipping, early stopping, checkpoints, resume.
 
-Metrics are accumulated on the device and read once per epoch, so the hot
-loop makes no host synchronisation per step.
+:func:`train` runs any model on any loss: ``loss_fn(model, batch)`` returns a
+scalar loss (or a dict with ``"loss"`` and other scalars to log), so the same
+loop pretrains with a contrastive loss (chapter 06), trains jointly with
+several losses (chapter 07) and adapts (chapter 08).
+
+What the loop guarantees:
+
+- **No host synchronisation per step.** Losses, counts and the NaN watch are
+  accumulated in tensors on the device and read every ``log_every`` steps.
+- **Mixed precision and the device** come from :mod:`mmcourse.utils`
+  (bf16 autocast on CUDA, float32 on the CPU).
+- **Warm-up + cosine schedule, gradient clipping, early stopping** on any
+  metric that ``evaluate`` returns.
+- **Checkpoints** are written atomically (temporary file, then rename), load
+  with ``torch.load(..., weights_only=True)``, and hold everything a run needs
+  to continue: weights, optimizer, schedule, the loader's shuffle state, the
+  torch random state and the history. Resuming gives the same final weights
+  and metrics as an uninterrupted run.
+- **A NaN or infinite loss** stops the run with :class:`NonFiniteLossError`,
+  naming the step where it appeared and the last finite loss.
+
+``fit``, ``train_epoch``, ``predict`` and ``accuracy_on`` are the small
+classification helpers of chapters 02–05; ``fit`` and ``train_epoch`` are
+:func:`train` with a constant learning rate and no clipping.
 """
 from __future__ import annotations
 
+import copy
+import io
+import math
+import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Callable, Mapping
 
 import torch
 from torch import nn
+from torch.utils.data import DataLoader, RandomSampler
 
 from .data.dataset import to_device
 from .metrics import accuracy
-from .utils import autocast
+from .utils import atomic_write, autocast, build_dir
+
+PROGRESS_ENV = "MMCOURSE_PROGRESS"   # "0" switches progress bars off (set by `make` for notebook runs)
+CHECKPOINT_FORMAT = 1
+SCHEDULES = ("cosine", "constant")
+# Fields of TrainConfig that may change between a run and its resumption (they do not alter the numbers).
+_RESUMABLE_CHANGES = {"progress", "tensorboard", "log_every", "checkpoint_every"}
+
+LossFn = Callable[[nn.Module, object], "torch.Tensor | Mapping[str, torch.Tensor]"]
+EvalFn = Callable[[nn.Module], Mapping[str, float]]
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
+# ----------------------------------------------------------------------------- configuration and history
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How :func:`train` trains. Every field is a plain value, so a checkpoint can store it.
+
+    Attributes:
+        epochs: passes over the training loader.
+        lr: peak learning rate.
+        weight_decay: decoupled weight decay (AdamW) when > 0, else plain Adam.
+        warmup_steps: linear warm-up from 0 to ``lr`` over this many steps.
+        schedule: ``"cosine"`` (decay to 0 at the last step) or ``"constant"``.
+        grad_clip: maximum global gradient norm, or None for no clipping.
+        eval_every: steps between evaluations; None evaluates at the end of each epoch.
+        patience: stop after this many evaluations without improving ``monitor`` (None: never).
+        monitor: the ``evaluate()`` key that early stopping and ``restore_best`` follow.
+        mode: ``"max"`` or ``"min"``: which direction of ``monitor`` is better.
+        restore_best: at the end, load the weights of the best evaluation.
+        checkpoint_every: steps between checkpoints (one is always written at the end).
+        log_every: steps between host synchronisations (progress bar and NaN check).
+        progress: show a ``tqdm.auto`` bar per epoch; None shows it unless ``$MMCOURSE_PROGRESS=0``.
+        tensorboard: name of a run folder under ``build/tensorboard/`` to log to, or None.
+    """
+
+    epochs: int = 1
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    schedule: str = "cosine"
+    grad_clip: float | None = 1.0
+    eval_every: int | None = None
+    patience: int | None = None
+    monitor: str = "dev_accuracy"
+    mode: str = "max"
+    restore_best: bool = False
+    checkpoint_every: int | None = None
+    log_every: int = 50
+    progress: bool | None = None
+    tensorboard: str | None = None
+
+    def __post_init__(self):
+        def positive(name, allow_none=False):
+            value = getattr(self, name)
+            if value is None and allow_none:
+                return
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"TrainConfig.{name} must be a positive int{' or None' if allow_none else ''}, "
+                                 f"got {value!r}")
+        positive("epochs")
+        positive("log_every")
+        for name in ("eval_every", "patience", "checkpoint_every"):
+            positive(name, allow_none=True)
+        if not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
+            raise ValueError(f"TrainConfig.warmup_steps must be an int >= 0, got {self.warmup_steps!r}")
+        if not self.lr > 0:
+            raise ValueError(f"TrainConfig.lr must be > 0, got {self.lr!r}")
+        if not self.weight_decay >= 0:
+            raise ValueError(f"TrainConfig.weight_decay must be >= 0, got {self.weight_decay!r}")
+        if self.grad_clip is not None and not self.grad_clip > 0:
+            raise ValueError(f"TrainConfig.grad_clip must be > 0 or None, got {self.grad_clip!r}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"TrainConfig.schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        if self.mode not in ("max", "min"):
+            raise ValueError(f"TrainConfig.mode must be 'max' or 'min', got {self.mode!r}")
+
+    def lr_factor(self, step: int, total_steps: int) -> float:
+        """The multiplier of ``lr`` at optimizer step ``step`` (0-based) of ``total_steps``."""
+        if step < self.warmup_steps:
+            return (step + 1) / self.warmup_steps
+        if self.schedule == "constant":
+            return 1.0
+        decay_steps = max(total_steps - self.warmup_steps, 1)
+        progress = min((step - self.warmup_steps) / decay_steps, 1.0)
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 @dataclass
 class History:
-    """Per-epoch records of a run (plots and reports read these)."""
+    """What a run measured, one entry per evaluation (plots and reports read these lists).
 
+    Attributes:
+        step: optimizer steps done at each evaluation.
+        epoch: epochs done (fractional when evaluating inside an epoch).
+        train_loss: mean training loss since the previous evaluation.
+        lr: learning rate at the evaluation.
+        seconds: wall time since the previous evaluation (not part of any equality test).
+        metrics: the ``evaluate()`` values and ``train_<name>`` means of extra training scalars.
+        best_step: step of the best ``monitor`` value (None without evaluations).
+        stop_reason: why training ended (``"completed"``, early stopping, ...).
+    """
+
+    step: list[int] = field(default_factory=list)
+    epoch: list[float] = field(default_factory=list)
     train_loss: list[float] = field(default_factory=list)
-    dev_accuracy: list[float] = field(default_factory=list)
+    lr: list[float] = field(default_factory=list)
     seconds: list[float] = field(default_factory=list)
+    metrics: dict[str, list[float]] = field(default_factory=dict)
+    best_step: int | None = None
+    stop_reason: str = ""
+
+    @property
+    def dev_accuracy(self) -> list[float]:
+        """``metrics["dev_accuracy"]`` (empty if the run did not report it)."""
+        return self.metrics.get("dev_accuracy", [])
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> "History":
+        return cls(**{f.name: copy.deepcopy(data[f.name]) for f in fields(cls)})
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+def model_signature(model: nn.Module) -> dict[str, list[int]]:
+    """Name and shape of every entry of the model's state dict."""
+    return {name: list(t.shape) for name, t in model.state_dict().items()}
+
+
+def _check_signature(saved: Mapping[str, list[int]], model: nn.Module, path) -> None:
+    current = model_signature(model)
+    missing = sorted(set(current) - set(saved))
+    unexpected = sorted(set(saved) - set(current))
+    shapes = [f"{k}: {tuple(saved[k])} in the file, {tuple(current[k])} in the model"
+              for k in sorted(set(saved) & set(current)) if list(saved[k]) != current[k]]
+    if missing or unexpected or shapes:
+        problems = []
+        if missing:
+            problems.append(f"missing from the file: {missing[:5]}{' ...' if len(missing) > 5 else ''}")
+        if unexpected:
+            problems.append(f"not in the model: {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}")
+        if shapes:
+            problems.append("shape mismatch: " + "; ".join(shapes[:5]))
+        raise ValueError(f"checkpoint {path} was saved from a different model than {type(model).__name__}: "
+                         + " | ".join(problems))
+
+
+def read_checkpoint(path) -> dict:
+    """The raw contents of a checkpoint file, read with ``torch.load(weights_only=True)`` onto the CPU.
+
+    Raises:
+        FileNotFoundError: if there is no file at ``path``.
+        ValueError: if the file is not a readable mmcourse checkpoint.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated file, not a torch file, unsafe pickle ...
+        raise ValueError(f"could not read checkpoint {path}: {type(exc).__name__}: {exc}") from None
+    if not isinstance(data, dict) or data.get("format") != CHECKPOINT_FORMAT or "model" not in data:
+        raise ValueError(f"{path} is not an mmcourse checkpoint (format {CHECKPOINT_FORMAT})")
+    return data
+
+
+def load_checkpoint(path, model: nn.Module) -> dict:
+    """Load the weights of checkpoint ``path`` into ``model``; return the whole checkpoint dict.
+
+    Raises:
+        ValueError: naming the differing keys or shapes when the checkpoint is from another model.
+    """
+    data = read_checkpoint(path)
+    _check_signature(data["signature"], model, path)
+    model.load_state_dict(data["model"])
+    return data
+
+
+def save_checkpoint(path, contents: Mapping) -> Path:
+    """Write ``contents`` atomically: an interrupted write leaves the previous file intact."""
+    buffer = io.BytesIO()
+    torch.save(dict(contents), buffer)          # serialise fully before touching the disk
+    return atomic_write(path, lambda f: f.write(buffer.getbuffer()))
+
+
+# ----------------------------------------------------------------------------- the loop
+
+def _batch_size(batch) -> int:
+    """Number of samples in a batch: the length of its first tensor."""
+    if isinstance(batch, torch.Tensor):
+        return len(batch)
+    items = batch.values() if isinstance(batch, Mapping) else batch if isinstance(batch, (list, tuple)) else ()
+    for item in items:
+        n = _batch_size(item)
+        if n:
+            return n
+    return 0
+
+
+def _split_loss(out) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    if isinstance(out, torch.Tensor):
+        loss, extras = out, {}
+    elif isinstance(out, Mapping) and "loss" in out:
+        loss, extras = out["loss"], {k: v for k, v in out.items() if k != "loss"}
+    else:
+        raise TypeError(f"loss_fn must return a scalar tensor or a dict with a 'loss' entry, got {type(out).__name__}")
+    if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
+        raise ValueError(f"loss_fn must return a scalar loss, got shape {tuple(getattr(loss, 'shape', ()))}")
+    return loss, extras
+
+
+class _Meter:
+    """Sums on the device between evaluations, and the NaN watch; read only at sync points."""
+
+    def __init__(self, device):
+        self.device = device
+        self.reset()
+        self.step = torch.zeros((), dtype=torch.long, device=device)
+        self.first_bad = torch.full((), -1, dtype=torch.long, device=device)
+        self.last_finite = torch.full((), float("nan"), device=device)
+        self.last_finite_step = torch.zeros((), dtype=torch.long, device=device)
+
+    def reset(self):
+        self.loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        self.extra_sums: dict[str, torch.Tensor] = {}
+        self.count = 0
+
+    def add(self, loss: torch.Tensor, extras: Mapping[str, torch.Tensor], n: int):
+        loss = loss.detach().float()
+        self.step += 1
+        finite = torch.isfinite(loss)
+        self.first_bad = torch.where((self.first_bad < 0) & ~finite, self.step, self.first_bad)
+        ok = finite & (self.first_bad < 0)
+        self.last_finite = torch.where(ok, loss, self.last_finite)
+        self.last_finite_step = torch.where(ok, self.step, self.last_finite_step)
+        self.loss_sum += loss.double() * n
+        for k, v in extras.items():
+            v = torch.as_tensor(v, device=self.device).detach().double()
+            self.extra_sums[k] = self.extra_sums.get(k, torch.zeros((), dtype=torch.float64, device=self.device)) + v * n
+        self.count += n
+
+    def check_finite(self):
+        """Raise :class:`NonFiniteLossError` if a loss since the start was NaN or infinite (one sync)."""
+        bad = int(self.first_bad)
+        if bad >= 0:
+            last, at = float(self.last_finite), int(self.last_finite_step)
+            before = (f"the last finite loss was {last:.6g} at step {at}" if at > 0
+                      else "no step had a finite loss")
+            raise NonFiniteLossError(
+                f"the training loss became non-finite (NaN or inf) at step {bad}; {before}. "
+                "Lower the learning rate, enable grad_clip, or check the inputs; resume from the last "
+                "checkpoint, which holds only finite weights.")
+
+    def mean_loss(self) -> float:
+        return float(self.loss_sum) / max(self.count, 1)
+
+    def state(self) -> dict:
+        return {"loss_sum": self.loss_sum.cpu(), "count": self.count,
+                "extra_sums": {k: v.cpu() for k, v in self.extra_sums.items()},
+                "step": self.step.cpu(), "first_bad": self.first_bad.cpu(),
+                "last_finite": self.last_finite.cpu(), "last_finite_step": self.last_finite_step.cpu()}
+
+    def load(self, state: Mapping):
+        self.loss_sum = state["loss_sum"].to(self.device)
+        self.count = int(state["count"])
+        self.extra_sums = {k: v.to(self.device) for k, v in state["extra_sums"].items()}
+        for name in ("step", "first_bad", "last_finite", "last_finite_step"):
+            setattr(self, name, state[name].to(self.device))
+
+
+def _progress_enabled(config: TrainConfig) -> bool:
+    if config.progress is not None:
+        return config.progress
+    return os.environ.get(PROGRESS_ENV, "1") != "0"
+
+
+def _shuffle_generator(loader) -> torch.Generator | None:
+    """The generator that decides a shuffled loader's order (None if the loader does not shuffle)."""
+    if not isinstance(loader, DataLoader):
+        raise TypeError(f"loader must be a torch DataLoader (see mmcourse.data.make_loader), got {type(loader).__name__}")
+    if not isinstance(loader.sampler, RandomSampler):
+        return None
+    generator = loader.sampler.generator
+    if generator is None:
+        raise ValueError("the loader shuffles without its own torch.Generator, so a resumed run could not replay its "
+                         "order; build it with mmcourse.data.make_loader(..., shuffle=True, seed=...)")
+    return generator
+
+
+def make_optimizer(params, config: TrainConfig) -> torch.optim.Optimizer:
+    """Adam, or AdamW when ``config.weight_decay > 0``."""
+    if config.weight_decay > 0:
+        return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.Adam(params, lr=config.lr)
+
+
+def _state_dict_copy(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def train(model: nn.Module, loss_fn: LossFn, loader: DataLoader, config: TrainConfig, device, *,
+          evaluate: EvalFn | None = None, checkpoint=None, resume: bool = False,
+          optimizer: torch.optim.Optimizer | None = None, extra_params=()) -> History:
+    """Train ``model`` on ``loss_fn`` over ``loader`` as ``config`` says; return the :class:`History`.
+
+    Args:
+        model: already on ``device``; trained in place.
+        loss_fn: ``loss_fn(model, batch)`` with the batch on ``device``; returns a scalar loss or a
+            dict with ``"loss"`` and other scalars (logged as ``train_<name>``). Runs under autocast.
+        loader: a DataLoader; a shuffling one needs its own generator (``make_loader`` gives one).
+        config: a :class:`TrainConfig`.
+        device: where the batches go.
+        evaluate: ``evaluate(model) -> {name: float}``, called in eval mode without gradients
+            every ``config.eval_every`` steps (or each epoch).
+        checkpoint: file to write checkpoints to (atomically); None writes none.
+        resume: continue from ``checkpoint`` if it exists (a finished run returns its history at once).
+        optimizer: defaults to :func:`make_optimizer` over the model's parameters and ``extra_params``.
+        extra_params: parameters trained besides the model's (e.g. a loss's learnable temperature).
+
+    Raises:
+        NonFiniteLossError: when the loss becomes NaN or infinite (step and last finite loss named).
+        ValueError: for an inconsistent setup (early stopping without ``evaluate``, a checkpoint of
+            another model or configuration, ...).
+    """
+    if not isinstance(config, TrainConfig):
+        raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
+    if config.patience is not None and evaluate is None:
+        raise ValueError("TrainConfig.patience needs an evaluate function to watch")
+    if config.restore_best and evaluate is None:
+        raise ValueError("TrainConfig.restore_best needs an evaluate function")
+    if resume and checkpoint is None:
+        raise ValueError("resume=True needs a checkpoint path")
+    device = torch.device(device)
+    generator = _shuffle_generator(loader)
+    steps_per_epoch = len(loader)
+    if steps_per_epoch == 0:
+        raise ValueError("the training loader yields no batches")
+    total_steps = config.epochs * steps_per_epoch
+    params = [p for p in [*model.parameters(), *extra_params] if p.requires_grad]
+    optimizer = optimizer or make_optimizer(params, config)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: config.lr_factor(s, total_steps))
+    meter = _Meter(device)
+    history = History()
+    run = {"step": 0, "epoch": 0, "batch": 0, "finished": False, "bad_evals": 0,
+           "best": None, "epoch_rng": None}
+    best_state = None
+    checkpoint = Path(checkpoint) if checkpoint is not None else None
+
+    def contents() -> dict:
+        meter.check_finite()            # never write weights that a NaN has touched
+        return {"format": CHECKPOINT_FORMAT, "model": model.state_dict(), "signature": model_signature(model),
+                "model_class": type(model).__name__, "config": asdict(config),
+                "steps_per_epoch": steps_per_epoch, "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "extra_params": [p.detach() for p in extra_params],
+                "run": dict(run), "history": history.as_dict(), "meter": meter.state(),
+                "best_state": best_state,
+                "rng": {"torch": torch.get_rng_state(),
+                        "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else [],
+                        "loader": generator.get_state() if generator is not None else None}}
+
+    if resume and checkpoint.is_file():
+        data = load_checkpoint(checkpoint, model)
+        changed = sorted(k for k, v in data["config"].items()
+                         if k not in _RESUMABLE_CHANGES and asdict(config).get(k) != v)
+        if changed:
+            raise ValueError(f"checkpoint {checkpoint} was made with a different TrainConfig ({', '.join(changed)} "
+                             "differ); resume with the same settings or start afresh (resume=False)")
+        if data["steps_per_epoch"] != steps_per_epoch:
+            raise ValueError(f"checkpoint {checkpoint} had {data['steps_per_epoch']} steps per epoch, this loader has "
+                             f"{steps_per_epoch}: resume with the same data and batch size")
+        optimizer.load_state_dict(data["optimizer"])
+        scheduler.load_state_dict(data["scheduler"])
+        with torch.no_grad():
+            for p, saved in zip(extra_params, data["extra_params"]):
+                p.copy_(saved)
+        run.update(data["run"])
+        history = History.from_dict(data["history"])
+        meter.load(data["meter"])
+        best_state = data["best_state"]
+        torch.set_rng_state(data["rng"]["torch"])
+        if generator is not None and data["rng"]["loader"] is not None:
+            generator.set_state(data["rng"]["loader"])
+        if data["rng"]["cuda"] and device.type == "cuda":
+            torch.cuda.set_rng_state_all(data["rng"]["cuda"])
+        if run["finished"]:
+            return history
+
+    writer = None
+    if config.tensorboard:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError as exc:
+            raise ImportError("TrainConfig.tensorboard needs the tensorboard package (pip install tensorboard)") from exc
+        writer = SummaryWriter(str(build_dir("tensorboard", config.tensorboard)), purge_step=run["step"] or None)
+    bar_factory = None
+    if _progress_enabled(config):
+        from tqdm.auto import tqdm as bar_factory
+
+    sign = 1.0 if config.mode == "max" else -1.0
+    clock = time.perf_counter()
+    stop = False
+
+    def do_evaluate():
+        nonlocal clock, best_state, stop
+        meter.check_finite()
+        model.eval()
+        with torch.no_grad(), autocast(device):
+            values = dict(evaluate(model)) if evaluate is not None else {}
+        model.train()
+        values.update({f"train_{k}": float(v) / max(meter.count, 1) for k, v in meter.extra_sums.items()})
+        now = time.perf_counter()
+        history.step.append(run["step"])
+        history.epoch.append(run["step"] / steps_per_epoch)
+        history.train_loss.append(meter.mean_loss())
+        history.lr.append(optimizer.param_groups[0]["lr"])
+        history.seconds.append(now - clock)
+        clock = now
+        for k, v in values.items():
+            history.metrics.setdefault(k, []).append(float(v))
+        if writer is not None:
+            writer.add_scalar("train/loss", history.train_loss[-1], run["step"])
+            writer.add_scalar("train/lr", history.lr[-1], run["step"])
+            for k, v in values.items():
+                writer.add_scalar(k, float(v), run["step"])
+        meter.reset()
+        if evaluate is None:
+            return
+        if config.monitor not in values:
+            raise ValueError(f"evaluate() returned {sorted(values)}, which lacks TrainConfig.monitor "
+                             f"{config.monitor!r}")
+        value = float(values[config.monitor])
+        if run["best"] is None or sign * value > sign * run["best"]:
+            run["best"], run["bad_evals"] = value, 0
+            history.best_step = run["step"]
+            if config.restore_best:
+                best_state = _state_dict_copy(model)
+        else:
+            run["bad_evals"] += 1
+            if config.patience is not None and run["bad_evals"] >= config.patience:
+                history.stop_reason = (f"early stop at step {run['step']}: {config.monitor} did not improve for "
+                                       f"{config.patience} evaluations (best {run['best']:.4f} at step "
+                                       f"{history.best_step})")
+                stop = True
+
+    model.train()
+    while run["epoch"] < config.epochs and not stop:
+        if generator is not None:
+            if run["batch"] == 0 or run["epoch_rng"] is None:
+                run["epoch_rng"] = generator.get_state()
+            else:
+                generator.set_state(run["epoch_rng"])   # replay this epoch's order, then skip what is done
+        batches = iter(loader)
+        for _ in range(run["batch"]):
+            next(batches)
+        bar = (bar_factory(total=steps_per_epoch, initial=run["batch"], unit="step", leave=True,
+                           desc=f"epoch {run['epoch'] + 1}/{config.epochs}") if bar_factory else None)
+        synced_at, samples, tick = run["step"], 0, time.perf_counter()
+        for batch in batches:
+            batch = to_device(batch, device)
+            with autocast(device):
+                loss, extras = _split_loss(loss_fn(model, batch))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if config.grad_clip is not None:
+                nn.utils.clip_grad_norm_(params, config.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            n = _batch_size(batch)
+            meter.add(loss, extras, n)
+            samples += n
+            run["step"] += 1
+            run["batch"] += 1
+            if run["step"] % config.log_every == 0 or run["batch"] == steps_per_epoch:
+                meter.check_finite()
+                if bar is not None:
+                    now = time.perf_counter()
+                    bar.update(run["step"] - synced_at)
+                    bar.set_postfix(loss=f"{meter.mean_loss():.4f}", samples_per_s=f"{samples / (now - tick):.0f}",
+                                    refresh=False)
+                    synced_at, samples, tick = run["step"], 0, now
+            if config.eval_every is not None and run["step"] % config.eval_every == 0:
+                do_evaluate()
+            if run["batch"] == steps_per_epoch:
+                run["epoch"], run["batch"], run["epoch_rng"] = run["epoch"] + 1, 0, None
+                if config.eval_every is None:
+                    do_evaluate()
+            if (checkpoint is not None and config.checkpoint_every is not None
+                    and run["step"] % config.checkpoint_every == 0 and run["step"] < total_steps):
+                save_checkpoint(checkpoint, contents())
+            if stop:
+                break
+        if bar is not None:
+            bar.close()
+
+    meter.check_finite()
+    if evaluate is not None and history.step and history.step[-1] != run["step"]:
+        do_evaluate()                      # the last steps after the last scheduled evaluation
+    history.stop_reason = history.stop_reason or "completed"
+    run["finished"] = True
+    if config.restore_best and best_state is not None:
+        model.load_state_dict(best_state)
+    if checkpoint is not None:
+        save_checkpoint(checkpoint, contents())
+    if writer is not None:
+        writer.close()
+    return history
+
+
+# ----------------------------------------------------------------------------- classification helpers
+
+def _cross_entropy(model: nn.Module, batch) -> torch.Tensor:
+    inputs, target = batch
+    return nn.functional.cross_entropy(model(inputs), target)
 
 
 def train_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, device) -> float:
-    """One pass over ``loader`` with cross-entropy; returns the mean training loss."""
-    model.train()
-    total = torch.zeros((), device=device)
-    count = 0
-    for batch in loader:
-        inputs, target = to_device(batch, device)
-        with autocast(device):
-            loss = nn.functional.cross_entropy(model(inputs), target)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        total += loss.detach() * len(target)
-        count += len(target)
-    if count == 0:
+    """One pass over ``loader`` with cross-entropy and ``optimizer`` as it is; returns the mean training loss."""
+    if len(loader) == 0:
         raise ValueError("the training loader yielded no batches")
-    return float(total) / count
+    config = TrainConfig(epochs=1, schedule="constant", grad_clip=None, progress=False,
+                         log_every=max(len(loader), 1))
+    return train(model, _cross_entropy, loader, config, device, optimizer=optimizer).train_loss[-1]
 
 
 @torch.no_grad()
@@ -63,13 +592,10 @@ def accuracy_on(model: nn.Module, loader, device) -> float:
 
 
 def fit(model: nn.Module, train_loader, dev_loader, optimizer, epochs: int, device) -> History:
-    """Train for ``epochs`` epochs, recording train loss and dev accuracy after each."""
+    """Train for ``epochs`` epochs at a constant learning rate, recording train loss and dev accuracy after each."""
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}")
-    history = History()
-    for _ in range(epochs):
-        start = time.perf_counter()
-        history.train_loss.append(train_epoch(model, train_loader, optimizer, device))
-        history.dev_accuracy.append(accuracy_on(model, dev_loader, device))
-        history.seconds.append(time.perf_counter() - start)
-    return history
+    config = TrainConfig(epochs=epochs, schedule="constant", grad_clip=None, progress=False,
+                         log_every=max(len(train_loader), 1))
+    return train(model, _cross_entropy, train_loader, config, device, optimizer=optimizer,
+                 evaluate=lambda m: {"dev_accuracy": accuracy_on(m, dev_loader, device)})

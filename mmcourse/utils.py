@@ -10,6 +10,7 @@ import os
 import random
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -75,6 +76,32 @@ def build_dir(*parts: str) -> Path:
     base = Path(os.environ.get(BUILD_ENV) or project_root() / "build")
     path = base.joinpath(*parts)
     path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def atomic_write(path, write) -> Path:
+    """Write a file so that readers see the old version or the new one, never half of one.
+
+    ``write(f)`` fills a temporary binary file in the same folder; it is flushed
+    to disk and then renamed over ``path`` (a rename within a folder is atomic).
+    If ``write`` fails, the temporary file is removed and ``path`` is untouched.
+    The file gets the usual permissions (``0o666`` minus the umask).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
     return path
 
 

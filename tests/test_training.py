@@ -13,7 +13,7 @@ from mmcourse.utils import seed_everything
 CPU = torch.device("cpu")
 
 
-def _run(dataset, epochs: int = 3, seed: int = 0) -> History:
+def _fit_run(dataset, epochs: int = 3, seed: int = 0) -> History:
     seed_everything(seed)
     model = ReferenceModel(ReferenceConfig(vocab_size=len(WORLD_VOCAB)))
     train = torch.utils.data.Subset(dataset, range(0, 1500))
@@ -25,7 +25,7 @@ def _run(dataset, epochs: int = 3, seed: int = 0) -> History:
 
 @pytest.fixture(scope="module")
 def history(small_dataset) -> History:
-    return _run(small_dataset)
+    return _fit_run(small_dataset)
 
 
 def test_training_loss_falls(history):
@@ -36,7 +36,7 @@ def test_training_loss_falls(history):
 
 
 def test_same_seed_same_history(small_dataset, history):
-    again = _run(small_dataset)
+    again = _fit_run(small_dataset)
     assert again.train_loss == history.train_loss          # exactly: same seed, same numbers
     assert again.dev_accuracy == history.dev_accuracy      # (seconds are wall time and differ)
 
@@ -66,3 +66,372 @@ def test_predict_returns_classes_and_labels_in_order(small_dataset):
     with torch.no_grad():
         direct = model(small_dataset.__getitems__(list(range(10)))[0]).argmax(-1)
     assert torch.equal(pred, direct)
+
+
+# ----------------------------------------------------------------------------- the general loop: train()
+
+import math  # noqa: E402
+import os  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import textwrap  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from torch import nn  # noqa: E402
+
+from mmcourse.fusion import FeatureDataset  # noqa: E402
+from mmcourse.training import (NonFiniteLossError, TrainConfig, load_checkpoint, read_checkpoint,  # noqa: E402
+                               save_checkpoint, train)
+
+# A tiny task: 3 Gaussian blobs in 8 dimensions, and an MLP with dropout (so resume must restore the RNG).
+TINY_SCRIPT = """
+import torch
+from torch import nn
+from mmcourse.data import make_loader
+from mmcourse.fusion import FeatureDataset
+
+def tiny_data(n=240, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, 3, (n,), generator=g)
+    x = torch.randn(n, 8, generator=g) + 2.0 * nn.functional.one_hot(y, 8).float()
+    return FeatureDataset({"x": x}, y)
+
+def tiny_model(seed=0, hidden=16):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(8, hidden), nn.ReLU(), nn.Dropout(0.2), nn.Linear(hidden, 3))
+
+def loss_fn(model, batch):
+    inputs, y = batch
+    logits = model(inputs["x"])
+    return {"loss": nn.functional.cross_entropy(logits, y), "acc": (logits.argmax(1) == y).float().mean()}
+
+def loader(data, seed=0):
+    return make_loader(data, 32, shuffle=True, seed=seed)
+"""
+_ns: dict = {}
+exec(TINY_SCRIPT, _ns)
+tiny_data, tiny_model, tiny_loss, tiny_loader = _ns["tiny_data"], _ns["tiny_model"], _ns["loss_fn"], _ns["loader"]
+
+
+def _evaluate(data):
+    def evaluate(model):
+        inputs, y = data.__getitems__(range(len(data)))
+        return {"dev_accuracy": (model(inputs["x"]).argmax(1) == y).float().mean().item()}
+    return evaluate
+
+
+def _run(config, checkpoint=None, resume=False, loss_fn=tiny_loss, model=None):
+    model = model if model is not None else tiny_model()
+    history = train(model, loss_fn, tiny_loader(tiny_data()), config, CPU, evaluate=_evaluate(tiny_data(seed=1)),
+                    checkpoint=checkpoint, resume=resume)
+    return model, history
+
+
+def _same_run(a, b):
+    (model_a, hist_a), (model_b, hist_b) = a, b
+    for (name, p), q in zip(model_a.state_dict().items(), model_b.state_dict().values()):
+        assert torch.equal(p, q), name
+    da, db = hist_a.as_dict(), hist_b.as_dict()
+    da.pop("seconds"), db.pop("seconds")  # wall time differs
+    assert da == db
+
+
+CONFIG = TrainConfig(epochs=4, lr=3e-2, warmup_steps=5, grad_clip=1.0, eval_every=5, progress=False, log_every=4)
+
+
+def test_train_loss_falls_and_history_is_complete():
+    model, history = _run(CONFIG)
+    steps = 4 * math.ceil(240 / 32)
+    assert history.step[-1] == steps and history.step == sorted(history.step)
+    assert history.train_loss[-1] < 0.5 * history.train_loss[0]
+    assert history.dev_accuracy[-1] > 0.75     # measured 0.84; the blobs overlap (Bayes about 0.85), chance 0.33
+    assert len(history.metrics["train_acc"]) == len(history.step)
+    assert history.stop_reason == "completed" and history.best_step is not None
+    assert history.lr[-1] == pytest.approx(0.0, abs=1e-12)     # cosine ends at 0
+
+
+def test_same_seed_same_train_history():
+    _same_run(_run(CONFIG), _run(CONFIG))
+
+
+def test_lr_factor_is_linear_warmup_then_cosine():
+    config = TrainConfig(warmup_steps=4, schedule="cosine")
+    factors = [config.lr_factor(s, 14) for s in range(14)]
+    assert factors[:4] == [0.25, 0.5, 0.75, 1.0]
+    for s in range(4, 14):
+        assert factors[s] == pytest.approx(0.5 * (1 + math.cos(math.pi * (s - 4) / 10)))
+    assert TrainConfig(schedule="constant").lr_factor(99, 100) == 1.0
+
+
+def test_learning_rates_follow_the_schedule():
+    model = tiny_model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    seen = []
+    optimizer.register_step_pre_hook(lambda opt, args, kwargs: seen.append(opt.param_groups[0]["lr"]))
+    config = TrainConfig(epochs=2, lr=0.1, warmup_steps=3, progress=False)
+    train(model, tiny_loss, tiny_loader(tiny_data()), config, CPU, optimizer=optimizer)
+    total = 2 * math.ceil(240 / 32)
+    assert seen == pytest.approx([0.1 * config.lr_factor(s, total) for s in range(total)])
+
+
+def test_gradients_are_clipped_to_the_max_norm():
+    model = tiny_model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
+    norms = []
+    optimizer.register_step_pre_hook(lambda opt, args, kwargs: norms.append(
+        torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in model.parameters()])).item()))
+    big_loss = lambda m, b: 1000.0 * tiny_loss(m, b)["loss"]  # noqa: E731  (gradients far above the cap)
+    train(model, big_loss, tiny_loader(tiny_data()), TrainConfig(grad_clip=0.5, progress=False), CPU,
+          optimizer=optimizer)
+    assert max(norms) == pytest.approx(0.5, rel=1e-4)
+
+
+def test_early_stopping_and_restore_best():
+    scores = iter([0.5, 0.7, 0.6, 0.65, 0.9, 0.9])
+    snapshots = []
+
+    def evaluate(model):
+        snapshots.append({k: v.clone() for k, v in model.state_dict().items()})
+        return {"dev_accuracy": next(scores)}
+
+    model = tiny_model()
+    config = TrainConfig(epochs=10, eval_every=2, patience=2, restore_best=True, progress=False)
+    history = train(model, tiny_loss, tiny_loader(tiny_data()), config, CPU, evaluate=evaluate)
+    assert history.dev_accuracy == [0.5, 0.7, 0.6, 0.65]
+    assert history.step == [2, 4, 6, 8] and history.best_step == 4
+    assert "did not improve for 2 evaluations" in history.stop_reason and "step 8" in history.stop_reason
+    for k, v in model.state_dict().items():       # the weights of the evaluation at step 4
+        assert torch.equal(v, snapshots[1][k]), k
+
+
+def test_min_mode_monitors_a_loss():
+    values = iter([3.0, 2.0, 2.5, 2.6])
+    config = TrainConfig(epochs=10, eval_every=2, patience=2, monitor="dev_loss", mode="min", progress=False)
+    history = train(tiny_model(), tiny_loss, tiny_loader(tiny_data()), config, CPU,
+                    evaluate=lambda m: {"dev_loss": next(values)})
+    assert history.best_step == 4 and history.step[-1] == 8
+
+
+@pytest.mark.parametrize("stop_at", [9, 16])   # mid-epoch, and right after an epoch's end (8 steps per epoch)
+def test_resume_after_an_interruption_equals_an_uninterrupted_run(tmp_path, stop_at):
+    config = TrainConfig(**{**CONFIG.__dict__, "checkpoint_every": 3})
+    reference = _run(config, checkpoint=tmp_path / "ref.pt")
+    calls = {"n": 0}
+
+    def crashing_loss(model, batch):
+        calls["n"] += 1
+        if calls["n"] > stop_at:
+            raise KeyboardInterrupt
+        return tiny_loss(model, batch)
+
+    path = tmp_path / "run.pt"
+    with pytest.raises(KeyboardInterrupt):
+        _run(config, checkpoint=path, loss_fn=crashing_loss)
+    assert read_checkpoint(path)["run"]["step"] == stop_at - stop_at % 3
+    torch.manual_seed(12345)                      # the resumed process's RNG starts elsewhere
+    _same_run(reference, _run(config, checkpoint=path, resume=True, model=tiny_model(seed=7)))
+
+
+def test_resume_after_the_process_was_killed(tmp_path):
+    config = TrainConfig(**{**CONFIG.__dict__, "checkpoint_every": 4})
+    reference = _run(config)
+    path = tmp_path / "killed.pt"
+    script = TINY_SCRIPT + textwrap.dedent(f"""
+        import os, signal
+        from mmcourse.training import TrainConfig, train
+        torch.set_num_threads(1)
+        calls = 0
+        def dying_loss(model, batch):
+            global calls
+            calls += 1
+            if calls == 11:
+                os.kill(os.getpid(), signal.SIGKILL)   # no cleanup, no exception handlers
+            return loss_fn(model, batch)
+        def evaluate(model):
+            data = tiny_data(seed=1)
+            inputs, y = data.__getitems__(range(len(data)))
+            return {{"dev_accuracy": (model(inputs["x"]).argmax(1) == y).float().mean().item()}}
+        train(tiny_model(), dying_loss, loader(tiny_data()), TrainConfig(**{CONFIG.__dict__ | {'checkpoint_every': 4}!r}),
+              "cpu", evaluate=evaluate, checkpoint={str(path)!r})
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == -9, done.stderr[-2000:]
+    assert read_checkpoint(path)["run"]["step"] == 8
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+    _same_run(reference, _run(config, checkpoint=path, resume=True))
+
+
+def test_a_finished_checkpoint_returns_its_history_at_once(tmp_path):
+    path = tmp_path / "done.pt"
+    first = _run(CONFIG, checkpoint=path)
+
+    def never(model, batch):
+        raise AssertionError("a finished run must not train again")
+
+    again = _run(CONFIG, checkpoint=path, resume=True, loss_fn=never, model=tiny_model(seed=3))
+    _same_run(first, again)
+
+
+def test_checkpoints_load_with_weights_only(tmp_path):
+    path = tmp_path / "w.pt"
+    _run(CONFIG, checkpoint=path)
+    data = torch.load(path, weights_only=True)
+    assert data["run"]["finished"] and data["model_class"] == "Sequential"
+
+
+def test_an_interrupted_save_leaves_the_previous_checkpoint_readable(tmp_path, monkeypatch):
+    path = tmp_path / "c.pt"
+    model, _ = _run(CONFIG, checkpoint=path)
+    before = path.read_bytes()
+
+    def broken_write(buffer):          # the disk fills up half-way through
+        buffer.write(b"partial")
+        raise OSError("No space left on device")
+
+    import mmcourse.utils as utils
+    real = utils.atomic_write
+    monkeypatch.setattr("mmcourse.training.atomic_write", lambda p, write: real(p, broken_write))
+    with pytest.raises(OSError, match="No space left"):
+        save_checkpoint(path, {"format": 1, "model": {}})
+    assert path.read_bytes() == before
+    load_checkpoint(path, tiny_model())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.pt"]   # no temporary file left behind
+
+
+def test_a_nan_loss_stops_with_the_step_and_the_last_finite_loss(tmp_path):
+    calls = {"n": 0}
+
+    def exploding(model, batch):
+        calls["n"] += 1
+        loss = tiny_loss(model, batch)["loss"]
+        return loss * float("nan") if calls["n"] == 7 else loss
+
+    path = tmp_path / "nan.pt"
+    config = TrainConfig(epochs=2, log_every=4, checkpoint_every=3, progress=False)
+    with pytest.raises(NonFiniteLossError, match=r"non-finite \(NaN or inf\) at step 7; the last finite loss was "
+                                                 r"[0-9.]+ at step 6"):
+        train(tiny_model(), exploding, tiny_loader(tiny_data()), config, CPU, checkpoint=path)
+    data = read_checkpoint(path)
+    assert data["run"]["step"] == 6                 # the step-9 checkpoint was never written
+    assert all(torch.isfinite(v).all() for v in data["model"].values())
+
+
+def test_an_infinite_loss_at_the_first_step_is_reported():
+    def infinite(model, batch):
+        return tiny_loss(model, batch)["loss"] + float("inf")
+
+    with pytest.raises(NonFiniteLossError, match="at step 1; no step had a finite loss"):
+        train(tiny_model(), infinite, tiny_loader(tiny_data()), TrainConfig(progress=False), CPU)
+
+
+def test_a_checkpoint_of_another_model_is_rejected_clearly(tmp_path):
+    path = tmp_path / "other.pt"
+    _run(CONFIG, checkpoint=path)
+    with pytest.raises(ValueError, match=r"different model .*shape mismatch: .*0.weight: \(16, 8\) in the file, "
+                                         r"\(32, 8\) in the model"):
+        load_checkpoint(path, tiny_model(hidden=32))
+    with pytest.raises(ValueError, match=r"missing from the file: \['extra.bias', 'extra.weight'\]"):
+        bigger = tiny_model()
+        bigger.add_module("extra", nn.Linear(2, 2))
+        load_checkpoint(path, bigger)
+    with pytest.raises(ValueError, match="different model"):
+        _run(CONFIG, checkpoint=path, resume=True, model=tiny_model(hidden=32))
+
+
+def test_unreadable_and_foreign_files_are_rejected(tmp_path):
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="could not read checkpoint .*junk.pt"):
+        read_checkpoint(junk)
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"weights": torch.zeros(2)}, foreign)
+    with pytest.raises(ValueError, match="is not an mmcourse checkpoint"):
+        read_checkpoint(foreign)
+    with pytest.raises(FileNotFoundError, match="no checkpoint at"):
+        read_checkpoint(tmp_path / "missing.pt")
+
+
+def test_resume_with_another_config_is_rejected(tmp_path):
+    path = tmp_path / "cfg.pt"
+    config = TrainConfig(**{**CONFIG.__dict__, "checkpoint_every": 3})
+    with pytest.raises(KeyboardInterrupt):
+        def crash(model, batch, calls=[0]):
+            calls[0] += 1
+            if calls[0] > 5:
+                raise KeyboardInterrupt
+            return tiny_loss(model, batch)
+        _run(config, checkpoint=path, loss_fn=crash)
+    with pytest.raises(ValueError, match="different TrainConfig \\(lr differ\\)"):
+        _run(TrainConfig(**{**config.__dict__, "lr": 0.1}), checkpoint=path, resume=True)
+
+
+def test_host_syncs_happen_every_log_every_steps_not_every_step(monkeypatch):
+    from mmcourse import training
+    calls = {"n": 0}
+    real = training._Meter.check_finite
+
+    def counting(self):
+        calls["n"] += 1
+        return real(self)
+
+    monkeypatch.setattr(training._Meter, "check_finite", counting)
+    data = FeatureDataset({"x": torch.randn(2048, 8)}, torch.randint(0, 3, (2048,)))
+    config = TrainConfig(epochs=1, log_every=16, progress=False)
+    train(tiny_model(), tiny_loss, make_loader(data, 8, shuffle=True), config, CPU)
+    assert calls["n"] <= 256 // 16 + 3          # 256 steps: one sync per 16 steps, plus the end
+
+
+def test_progress_bar_per_epoch_shows_loss_and_throughput(capsys):
+    train(tiny_model(), tiny_loss, tiny_loader(tiny_data()), TrainConfig(epochs=2, progress=True, log_every=4), CPU)
+    err = capsys.readouterr().err
+    assert "epoch 1/2" in err and "epoch 2/2" in err and "loss=" in err and "samples_per_s=" in err
+
+
+def test_progress_follows_the_environment(monkeypatch):
+    from mmcourse.training import _progress_enabled
+    monkeypatch.setenv("MMCOURSE_PROGRESS", "0")
+    assert not _progress_enabled(TrainConfig())
+    assert _progress_enabled(TrainConfig(progress=True))
+    monkeypatch.delenv("MMCOURSE_PROGRESS")
+    assert _progress_enabled(TrainConfig())
+
+
+def test_tensorboard_logs_go_under_build(tmp_path, monkeypatch):
+    pytest.importorskip("tensorboard")
+    monkeypatch.setenv("MMCOURSE_BUILD", str(tmp_path / "b"))
+    _run(TrainConfig(**{**CONFIG.__dict__, "tensorboard": "tiny"}))
+    events = list((tmp_path / "b" / "tensorboard" / "tiny").glob("events.out.tfevents.*"))
+    assert events and events[0].stat().st_size > 0
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"epochs": 0}, "TrainConfig.epochs must be a positive int, got 0"),
+    ({"eval_every": 0}, "TrainConfig.eval_every must be a positive int or None, got 0"),
+    ({"lr": 0.0}, "TrainConfig.lr must be > 0"),
+    ({"schedule": "linear"}, "TrainConfig.schedule must be one of"),
+    ({"mode": "best"}, "TrainConfig.mode must be 'max' or 'min'"),
+    ({"grad_clip": -1.0}, "TrainConfig.grad_clip must be > 0 or None"),
+    ({"warmup_steps": -2}, "TrainConfig.warmup_steps must be an int >= 0"),
+])
+def test_bad_config_is_rejected_with_the_field_name(bad, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        TrainConfig(**bad)
+
+
+def test_bad_setups_are_rejected_clearly():
+    data = tiny_data()
+    with pytest.raises(ValueError, match="patience needs an evaluate function"):
+        train(tiny_model(), tiny_loss, tiny_loader(data), TrainConfig(patience=2), CPU)
+    unseeded = torch.utils.data.DataLoader(data, batch_size=32, shuffle=True, collate_fn=lambda b: b)
+    with pytest.raises(ValueError, match="shuffles without its own torch.Generator"):
+        train(tiny_model(), tiny_loss, unseeded, TrainConfig(), CPU)
+    with pytest.raises(TypeError, match="loader must be a torch DataLoader"):
+        train(tiny_model(), tiny_loss, [1, 2], TrainConfig(), CPU)
+    with pytest.raises(ValueError, match="lacks TrainConfig.monitor 'dev_accuracy'"):
+        train(tiny_model(), tiny_loss, tiny_loader(data), TrainConfig(progress=False), CPU,
+              evaluate=lambda m: {"dev_f1": 0.5})
+    with pytest.raises(ValueError, match="must return a scalar loss, got shape \\(32,\\)"):
+        train(tiny_model(), lambda m, b: nn.functional.cross_entropy(m(b[0]["x"]), b[1], reduction="none"),
+              tiny_loader(data), TrainConfig(progress=False), CPU)
+    with pytest.raises(ValueError, match="resume=True needs a checkpoint path"):
+        train(tiny_model(), tiny_loss, tiny_loader(data), TrainConfig(), CPU, resume=True)

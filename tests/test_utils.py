@@ -105,3 +105,19 @@ def test_environment_report_names_versions_and_device():
 def test_seed_must_not_be_a_bool():
     with pytest.raises(ValueError, match="seed must be a non-negative int, got True"):
         seed_everything(True)
+
+
+def test_atomic_write_replaces_whole_or_not_at_all(tmp_path):
+    from mmcourse.utils import atomic_write
+    path = tmp_path / "sub" / "f.bin"
+    atomic_write(path, lambda f: f.write(b"first"))
+    assert path.read_bytes() == b"first" and oct(path.stat().st_mode & 0o777) != oct(0o600)
+
+    def failing(f):
+        f.write(b"half")
+        raise RuntimeError("interrupted")
+
+    with pytest.raises(RuntimeError, match="interrupted"):
+        atomic_write(path, failing)
+    assert path.read_bytes() == b"first"
+    assert [p.name for p in path.parent.iterdir()] == ["f.bin"]
