@@ -265,6 +265,8 @@ class _Meter:
 
     def __init__(self, device):
         self.device = device
+        # float64 sums keep long runs exact; MPS has no float64.
+        self.dtype = torch.float32 if device.type == "mps" else torch.float64
         self.reset()
         self.step = torch.zeros((), dtype=torch.long, device=device)
         self.first_bad = torch.full((), -1, dtype=torch.long, device=device)
@@ -272,7 +274,7 @@ class _Meter:
         self.last_finite_step = torch.zeros((), dtype=torch.long, device=device)
 
     def reset(self):
-        self.loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        self.loss_sum = torch.zeros((), dtype=self.dtype, device=self.device)
         self.extra_sums: dict[str, torch.Tensor] = {}
         self.count = 0
 
@@ -284,10 +286,10 @@ class _Meter:
         ok = finite & (self.first_bad < 0)
         self.last_finite = torch.where(ok, loss, self.last_finite)
         self.last_finite_step = torch.where(ok, self.step, self.last_finite_step)
-        self.loss_sum += loss.double() * n
+        self.loss_sum += loss.to(self.dtype) * n
         for k, v in extras.items():
-            v = torch.as_tensor(v, device=self.device).detach().double()
-            self.extra_sums[k] = self.extra_sums.get(k, torch.zeros((), dtype=torch.float64, device=self.device)) + v * n
+            v = torch.as_tensor(v, device=self.device).detach().to(self.dtype)
+            self.extra_sums[k] = self.extra_sums.get(k, torch.zeros((), dtype=self.dtype, device=self.device)) + v * n
         self.count += n
 
     def check_finite(self):
