@@ -98,8 +98,8 @@ def plot_confusion(matrix, class_names, title: str = "Confusion matrix (rows: tr
 
 
 def plot_history(history, bayes: dict[str, float] | None = None, title: str | None = None):
-    """Training loss and dev accuracy per epoch, with Bayes limits as lines."""
-    epochs = np.arange(1, len(history.train_loss) + 1)
+    """Training loss and dev accuracy per evaluation against epochs, with Bayes limits as lines."""
+    epochs = np.asarray(getattr(history, "epoch", None) or np.arange(1, len(history.train_loss) + 1))
     fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.2))
     a.plot(epochs, history.train_loss, marker="o")
     a.set_xlabel("epoch")

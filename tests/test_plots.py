@@ -84,7 +84,7 @@ def test_plot_confusion_on_given_axes():
 
 
 def test_plot_history():
-    history = History(train_loss=[2.3, 1.9, 1.5], dev_accuracy=[0.2, 0.4, 0.5], seconds=[1, 1, 1])
+    history = History(train_loss=[2.3, 1.9, 1.5], metrics={"dev_accuracy": [0.2, 0.4, 0.5]}, seconds=[1, 1, 1])
     fig = plot_history(history, bayes={"image": 0.5, "all": 0.97})
     loss, acc = fig.axes
     assert loss.get_xlabel() == "epoch" and loss.get_ylabel() == "training loss (cross-entropy)"
@@ -96,8 +96,15 @@ def test_plot_history():
         "Text alone stalls at its limit"
 
 
+def test_plot_history_puts_evaluations_inside_an_epoch_at_their_epoch():
+    history = History(epoch=[0.5, 1.0, 1.5], train_loss=[2.3, 1.9, 1.5], metrics={"dev_accuracy": [0.2, 0.4, 0.5]})
+    loss, acc = plot_history(history).axes
+    np.testing.assert_array_equal(loss.lines[0].get_xdata(), [0.5, 1.0, 1.5])
+    np.testing.assert_array_equal(acc.lines[0].get_xdata(), [0.5, 1.0, 1.5])
+
+
 def test_plot_history_draws_every_bayes_limit():
-    history = History(train_loss=[2.3, 1.9], dev_accuracy=[0.2, 0.4], seconds=[1, 1])
+    history = History(train_loss=[2.3, 1.9], metrics={"dev_accuracy": [0.2, 0.4]}, seconds=[1, 1])
     limits = {"image": 0.5, "text": 0.442, "image + text": 0.85, "all": 0.97}
     fig = plot_history(history, bayes=limits)
     assert len(fig.axes[1].lines) == 1 + len(limits)
