@@ -330,7 +330,10 @@ def _progress_enabled(config: TrainConfig) -> bool:
 def _shuffle_generator(loader) -> torch.Generator | None:
     """The generator that decides a shuffled loader's order (None if the loader does not shuffle)."""
     if not isinstance(loader, DataLoader):
-        raise TypeError(f"loader must be a torch DataLoader (see mmcourse.data.make_loader), got {type(loader).__name__}")
+        if not hasattr(loader, "__len__") or not hasattr(loader, "__iter__") or isinstance(loader, (str, bytes)):
+            raise TypeError("loader must be a DataLoader (see mmcourse.data.make_loader) or a list of batches, "
+                            f"got {type(loader).__name__}")
+        return None             # a fixed sequence of batches: the same order every epoch
     if not isinstance(loader.sampler, RandomSampler):
         return None
     generator = loader.sampler.generator
@@ -360,7 +363,8 @@ def train(model: nn.Module, loss_fn: LossFn, loader: DataLoader, config: TrainCo
         model: already on ``device``; trained in place.
         loss_fn: ``loss_fn(model, batch)`` with the batch on ``device``; returns a scalar loss or a
             dict with ``"loss"`` and other scalars (logged as ``train_<name>``). Runs under autocast.
-        loader: a DataLoader; a shuffling one needs its own generator (``make_loader`` gives one).
+        loader: a DataLoader (a shuffling one needs its own generator; ``make_loader`` gives one),
+            or a list of ready batches.
         config: a :class:`TrainConfig`.
         device: where the batches go.
         evaluate: ``evaluate(model) -> {name: float}``, called in eval mode without gradients

@@ -425,8 +425,8 @@ def test_bad_setups_are_rejected_clearly():
     unseeded = torch.utils.data.DataLoader(data, batch_size=32, shuffle=True, collate_fn=lambda b: b)
     with pytest.raises(ValueError, match="shuffles without its own torch.Generator"):
         train(tiny_model(), tiny_loss, unseeded, TrainConfig(), CPU)
-    with pytest.raises(TypeError, match="loader must be a torch DataLoader"):
-        train(tiny_model(), tiny_loss, [1, 2], TrainConfig(), CPU)
+    with pytest.raises(TypeError, match="loader must be a DataLoader .* or a list of batches, got generator"):
+        train(tiny_model(), tiny_loss, (b for b in tiny_loader(data)), TrainConfig(), CPU)
     with pytest.raises(ValueError, match="lacks TrainConfig.monitor 'dev_accuracy'"):
         train(tiny_model(), tiny_loss, tiny_loader(data), TrainConfig(progress=False), CPU,
               evaluate=lambda m: {"dev_f1": 0.5})
