@@ -66,6 +66,8 @@ class TrainConfig:
 
     Attributes:
         epochs: passes over the training loader.
+        max_steps: stop after this many optimizer steps, even inside an epoch (None: no cap);
+            the schedule then spans ``min(epochs * len(loader), max_steps)`` steps.
         lr: peak learning rate.
         weight_decay: decoupled weight decay (AdamW) when > 0, else plain Adam.
         warmup_steps: linear warm-up from 0 to ``lr`` over this many steps.
@@ -83,6 +85,7 @@ class TrainConfig:
     """
 
     epochs: int = 1
+    max_steps: int | None = None
     lr: float = 1e-3
     weight_decay: float = 0.0
     warmup_steps: int = 0
@@ -108,7 +111,7 @@ class TrainConfig:
                                  f"got {value!r}")
         positive("epochs")
         positive("log_every")
-        for name in ("eval_every", "patience", "checkpoint_every"):
+        for name in ("max_steps", "eval_every", "patience", "checkpoint_every"):
             positive(name, allow_none=True)
         if not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
             raise ValueError(f"TrainConfig.warmup_steps must be an int >= 0, got {self.warmup_steps!r}")
@@ -393,6 +396,8 @@ def train(model: nn.Module, loss_fn: LossFn, loader: DataLoader, config: TrainCo
     if steps_per_epoch == 0:
         raise ValueError("the training loader yields no batches")
     total_steps = config.epochs * steps_per_epoch
+    if config.max_steps is not None:
+        total_steps = min(total_steps, config.max_steps)
     params = [p for p in [*model.parameters(), *extra_params] if p.requires_grad]
     optimizer = optimizer or make_optimizer(params, config)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: config.lr_factor(s, total_steps))
@@ -541,6 +546,8 @@ def train(model: nn.Module, loss_fn: LossFn, loader: DataLoader, config: TrainCo
                 run["epoch"], run["batch"], run["epoch_rng"] = run["epoch"] + 1, 0, None
                 if config.eval_every is None:
                     do_evaluate()
+            if config.max_steps is not None and run["step"] >= config.max_steps and not stop:
+                stop, history.stop_reason = True, f"max_steps ({config.max_steps}) reached"
             if (checkpoint is not None and config.checkpoint_every is not None
                     and run["step"] % config.checkpoint_every == 0 and run["step"] < total_steps):
                 save_checkpoint(checkpoint, contents())

@@ -186,6 +186,16 @@ def test_gradients_are_clipped_to_the_max_norm():
     assert max(norms) == pytest.approx(0.5, rel=1e-4)
 
 
+def test_max_steps_stops_inside_an_epoch_and_shortens_the_schedule():
+    config = TrainConfig(epochs=3, max_steps=11, eval_every=4, progress=False)
+    model, history = _run(config)
+    assert history.step == [4, 8, 11] and history.stop_reason == "max_steps (11) reached"
+    assert history.lr[-1] == pytest.approx(0.0, abs=1e-12)      # the cosine spans the 11 steps
+    _same_run((model, history), _run(config))
+    with pytest.raises(ValueError, match="TrainConfig.max_steps must be a positive int or None, got 0"):
+        TrainConfig(max_steps=0)
+
+
 def test_early_stopping_and_restore_best():
     scores = iter([0.5, 0.7, 0.6, 0.65, 0.9, 0.9])
     snapshots = []
