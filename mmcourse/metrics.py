@@ -1,6 +1,6 @@
-"""Evaluation: accuracy, the per-class report, the confusion matrix, calibration.
+"""Evaluation: accuracy, the per-class report, the confusion matrix, calibration, retrieval Recall@K.
 
-Shape letters: N samples, C classes.
+Shape letters: N samples, C classes; Nq queries and Ng gallery items for retrieval.
 """
 from __future__ import annotations
 
@@ -76,3 +76,38 @@ def expected_calibration_error(probs, true, bins: int = 10) -> float:
     index = (confidence * bins).long().clamp(0, bins - 1)
     gap = torch.bincount(index.cpu(), weights=((pred == true).double() - confidence.double()).cpu(), minlength=bins)
     return float(gap.abs().sum() / len(true))
+
+
+def recall_at_k(similarity, ks=(1, 5, 10)) -> dict[int, float]:
+    """Retrieval Recall@K: the fraction of queries whose match is among the K best-scored gallery items.
+
+    Query i's match is gallery item i (paired data: image i and caption i). Ties count
+    against the query: the rank of the match is the number of *other* gallery items that
+    score at least as high as it (0 = first), and query i is a hit at K when that rank is
+    below K. So a model that gives every item the same score gets Recall@K = 0 for K < N,
+    never the chance level K / N by luck of the sort order.
+
+    Args:
+        similarity: (Nq, Ng) scores, Nq <= Ng; row i scores query i against every gallery
+            item, its match in column i (a tensor or an array).
+        ks: the cut-offs K, each >= 1.
+
+    Returns:
+        ``{K: recall}``, floats in [0, 1], in the order of ``ks``.
+
+    Raises:
+        ValueError: if ``similarity`` is not 2-D with Nq <= Ng and Nq >= 1, holds NaN, or a K is < 1.
+    """
+    sim = torch.as_tensor(similarity)
+    if sim.dim() != 2 or sim.shape[0] == 0 or sim.shape[0] > sim.shape[1]:
+        raise ValueError(f"similarity must be (Nq, Ng) with 1 <= Nq <= Ng (query i matches gallery i), "
+                         f"got shape {tuple(sim.shape)}")
+    if sim.is_floating_point() and bool(torch.isnan(sim).any()):
+        raise ValueError("similarity holds NaN scores")
+    ks = tuple(ks)
+    if not ks or any(not isinstance(k, int) or k < 1 for k in ks):
+        raise ValueError(f"ks must be integers >= 1, got {ks}")
+    rows = torch.arange(sim.shape[0], device=sim.device)
+    match = sim[rows, rows].unsqueeze(1)                                 # (Nq, 1)
+    rank = (sim >= match).sum(1) - 1                                     # (Nq,): others scoring >= the match
+    return {k: float((rank < k).double().mean()) for k in ks}

@@ -343,3 +343,47 @@ def plot_bars(values: dict[str, float], xlabel: str, title: str, highlight: str 
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
     return fig
+
+
+# --- chapter 06 ---
+
+
+def plot_scatter_grid(points, colour_by: dict[str, tuple], xlabel: str, ylabel: str, title: str,
+                      ncols: int | None = None, marker_size: float = 4.0, colours: dict[str, str] | None = None):
+    """The same 2-D points once per panel, each panel coloured by one categorical variable.
+
+    For example a PCA of embeddings, one panel per attribute, coloured by its value.
+
+    Args:
+        points: (N, 2) coordinates.
+        colour_by: per panel title, ``(codes, names)``: codes (N,) ints indexing ``names``.
+        xlabel, ylabel: axis labels; title: the figure title (state the finding).
+        ncols: panels per row (default: all in one row).
+        colours: fixed colours for some category names (e.g. ``{"none": "0.6"}``); the others follow the cycle.
+    """
+    xy = _np(points)
+    if xy.ndim != 2 or xy.shape[1] != 2:
+        raise ValueError(f"points must be (N, 2), got shape {xy.shape}")
+    if not colour_by:
+        raise ValueError("colour_by is empty: give at least one {panel title: (codes, names)}")
+    ncols = ncols or len(colour_by)
+    nrows = -(-len(colour_by) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.3 * ncols, 3.3 * nrows), squeeze=False)
+    for ax in axes.flat[len(colour_by):]:
+        ax.axis("off")
+    for ax, (panel, (codes, names)) in zip(axes.flat, colour_by.items()):
+        codes = _np(codes)
+        if codes.shape != xy.shape[:1]:
+            raise ValueError(f"panel {panel!r}: codes have shape {codes.shape}, expected ({len(xy)},) like points")
+        for c, name in enumerate(names):
+            mine = codes == c
+            ax.scatter(xy[mine, 0], xy[mine, 1], s=marker_size, alpha=0.6, label=name, linewidths=0,
+                       color=(colours or {}).get(name, f"C{c}"))
+        ax.set_title(panel, fontsize=9)
+        ax.set_xlabel(xlabel, fontsize=8)
+        ax.set_ylabel(ylabel, fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.legend(fontsize=6, markerscale=2.5, loc="best", handletextpad=0.1, borderpad=0.3)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig

@@ -122,3 +122,47 @@ def test_expected_calibration_error_rejects_bad_shapes():
         expected_calibration_error(torch.ones(3, 2) / 2, torch.zeros(4, dtype=torch.long))
     with pytest.raises(ValueError, match="bins must be >= 1"):
         expected_calibration_error(torch.ones(3, 2) / 2, torch.zeros(3, dtype=torch.long), bins=0)
+
+
+# --- chapter 06 ---
+
+from mmcourse.metrics import recall_at_k  # noqa: E402
+
+
+def _recall_by_sorting(sim: np.ndarray, k: int) -> float:
+    """Reference: sort each row by score, the match placed after every item tied with it (ties count against)."""
+    hits = 0
+    for i, row in enumerate(sim):
+        is_match = np.arange(len(row)) == i
+        order = np.lexsort((is_match, -row))           # by score descending, then the match last among equals
+        hits += int(np.flatnonzero(order == i)[0] < k)
+    return hits / len(sim)
+
+
+@pytest.mark.parametrize("shape, ties", [((50, 50), False), ((30, 80), False), ((60, 60), True), ((1, 1), False)])
+def test_recall_at_k_equals_a_reference_that_sorts(shape, ties):
+    rng = np.random.default_rng(sum(shape))
+    sim = rng.integers(0, 4, shape).astype(float) if ties else rng.normal(size=shape)   # few values: many ties
+    got = recall_at_k(torch.from_numpy(sim), ks=(1, 5, 10))
+    assert list(got) == [1, 5, 10]
+    for k, value in got.items():
+        assert value == pytest.approx(_recall_by_sorting(sim, k)), k
+    assert recall_at_k(sim, ks=(1,)) == {1: got[1]}                     # arrays work too
+
+
+def test_recall_at_k_counts_ties_against_the_query():
+    assert recall_at_k(torch.ones(5, 5), ks=(1, 4, 5)) == {1: 0.0, 4: 0.0, 5: 1.0}
+    assert recall_at_k(torch.eye(5), ks=(1,)) == {1: 1.0}
+    sim = torch.tensor([[0.9, 0.9, 0.1], [0.2, 0.8, 0.1], [0.5, 0.1, 0.4]])
+    assert recall_at_k(sim, ks=(1, 2)) == {1: pytest.approx(1 / 3), 2: 1.0}
+
+
+@pytest.mark.parametrize("sim, ks, message", [
+    (torch.ones(3), (1,), r"similarity must be \(Nq, Ng\) with 1 <= Nq <= Ng .* got shape \(3,\)"),
+    (torch.ones(4, 3), (1,), r"got shape \(4, 3\)"),
+    (torch.full((2, 2), float("nan")), (1,), "similarity holds NaN"),
+    (torch.ones(2, 2), (0,), r"ks must be integers >= 1, got \(0,\)"),
+])
+def test_recall_at_k_rejects_bad_input(sim, ks, message):
+    with pytest.raises(ValueError, match=message):
+        recall_at_k(sim, ks)

@@ -208,3 +208,25 @@ def test_plot_bars_labels_highlight_reference_and_log_axis():
         plot_bars({"a": 1.0}, "x", "t", highlight="c")
     with pytest.raises(ValueError, match="> 0 on a logarithmic axis"):
         plot_bars({"a": 0.0}, "x", "t", log=True)
+
+
+# --- chapter 06 ---
+
+from mmcourse.plots import plot_scatter_grid  # noqa: E402
+
+
+def test_plot_scatter_grid_one_panel_per_variable_one_series_per_value():
+    xy = torch.tensor([[0.0, 0.0], [1.0, 1.0], [2.0, 0.5], [3.0, 2.0]])
+    fig = plot_scatter_grid(xy, {"size": ([0, 1, 0, 1], ("small", "large")), "colour": (np.array([0, 1, 2, 2]),
+                            ("red", "green", "blue"))}, "PC 1", "PC 2", "t", ncols=2)
+    assert isinstance(fig, Figure)
+    size, colour = fig.axes[:2]
+    assert size.get_title() == "size" and colour.get_xlabel() == "PC 1" and colour.get_ylabel() == "PC 2"
+    assert [c.get_offsets().shape[0] for c in colour.collections] == [1, 1, 2]
+    assert [t.get_text() for t in size.get_legend().get_texts()] == ["small", "large"]
+    fig = plot_scatter_grid(xy, {"size": ([0, 1, 0, 1], ("small", "none"))}, "x", "y", "t", colours={"none": "0.6"})
+    np.testing.assert_allclose(fig.axes[0].collections[1].get_facecolor()[0][:3], [0.6, 0.6, 0.6])
+    with pytest.raises(ValueError, match=r"points must be \(N, 2\), got shape \(4, 3\)"):
+        plot_scatter_grid(np.zeros((4, 3)), {"a": ([0] * 4, ("x",))}, "x", "y", "t")
+    with pytest.raises(ValueError, match=r"panel 'a': codes have shape \(3,\), expected \(4,\)"):
+        plot_scatter_grid(xy, {"a": ([0] * 3, ("x",))}, "x", "y", "t")

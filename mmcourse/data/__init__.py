@@ -3,11 +3,13 @@
 Submodules: ``world`` (attributes, observation model, labels), ``render``
 (images, audio, spectrograms), ``text`` (captions, vocabulary, tokenizer,
 tags), ``bayes`` (exact Bayes limits), ``dataset`` (tensors, batching),
-``manifest`` and ``conll`` (loading real files).
+``matching`` (which caption fits which image), ``manifest`` and ``conll``
+(loading real files).
 """
 from .bayes import BayesClassifier, all_subsets, bayes_accuracy, bayes_classifier, bayes_table
 from .conll import read_conll, write_conll
-from .dataset import MultimodalDataset, Split, collate, generate, make_loader, make_splits, to_device
+from .dataset import MultimodalDataset, Split, collate, generate, make_loader, make_splits, take, to_device
+from .matching import annotate, caption_fits, caption_fits_image, match_evidence
 from .manifest import load_manifest, read_manifest, write_manifest
 from .render import log_mel_spectrogram, render_audio, render_images
 from .text import ENTITY_TYPES, bag_of_words, PAD_ID, TAGS, TEMPLATES, UNK_ID, WORLD_VOCAB, Captions, Tokenizer, Vocab, generate_captions
@@ -18,8 +20,8 @@ __all__ = [
     "ATTRIBUTES", "ENTITY_TYPES", "LABEL_RULES", "MODALITIES", "PAD_ID", "RINGING_MATERIALS", "TAGS", "TEMPLATES",
     "UNK_ID", "WORLD_VOCAB", "BayesClassifier", "Captions", "LabelRule",
     "MultimodalDataset", "Scenes", "Split", "Tokenizer", "Vocab", "World", "WorldConfig", "all_subsets", "bag_of_words",
-    "bayes_accuracy", "bayes_classifier", "bayes_table", "collate", "generate", "generate_captions",
-    "load_manifest", "log_mel_spectrogram", "make_loader", "make_splits", "observation_model",
-    "read_conll", "read_manifest", "register_label_rule", "render_audio", "render_images", "to_device", "write_conll",
+    "annotate", "bayes_accuracy", "bayes_classifier", "bayes_table", "caption_fits", "caption_fits_image", "collate", "generate", "generate_captions",
+    "load_manifest", "log_mel_spectrogram", "make_loader", "make_splits", "match_evidence", "observation_model",
+    "read_conll", "read_manifest", "register_label_rule", "render_audio", "render_images", "take", "to_device", "write_conll",
     "write_manifest",
 ]

@@ -90,6 +90,14 @@ class MultimodalDataset(BatchedDataset):
         return inputs, self.labels[idx]
 
 
+def take(dataset: MultimodalDataset, n: int) -> MultimodalDataset:
+    """The first ``n`` scenes of a generated dataset, as a dataset sharing its memory (scenes included)."""
+    if not isinstance(n, int) or n < 1:
+        raise ValueError(f"n must be a positive int, got {n!r}")
+    return MultimodalDataset(dataset.scenes[:n], dataset.images[:n].numpy(), dataset.text[:n].numpy(),
+                             dataset.tags[:n].numpy(), dataset.audio[:n].numpy(), dataset.class_names)
+
+
 def generate(world: World, n: int, seed: int) -> MultimodalDataset:
     """Sample ``n`` scenes and render all modalities, deterministically from ``seed``.
 
