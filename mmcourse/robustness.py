@@ -30,6 +30,7 @@ from torch import nn
 
 from .data.bayes import all_subsets
 from .training import accuracy_on
+from .utils import uniform
 
 PresenceFn = Callable[[int, torch.device], torch.Tensor]  # (batch_size, device) -> (B, M) bool
 CorruptFn = Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]]
@@ -88,13 +89,6 @@ def _check_batch_size(batch_size) -> int:
     return batch_size
 
 
-def _uniform(shape: tuple[int, ...], generator: torch.Generator | None, device) -> torch.Tensor:
-    """Uniform [0, 1) numbers; drawn on the generator's device (CPU) when one is given, then moved."""
-    if generator is None:
-        return torch.rand(shape, device=device)
-    return torch.rand(shape, generator=generator, device=generator.device).to(device)
-
-
 # --- presence masks ---
 
 def ensure_one_present(present: torch.Tensor, allowed: torch.Tensor,
@@ -109,7 +103,7 @@ def ensure_one_present(present: torch.Tensor, allowed: torch.Tensor,
     Returns:
         (B, M) bool, ``present`` with at most one extra True per empty row.
     """
-    scores = _uniform(tuple(present.shape), generator, present.device).masked_fill(~allowed, -1.0)
+    scores = uniform(tuple(present.shape), generator, present.device).masked_fill(~allowed, -1.0)
     pick = nn.functional.one_hot(scores.argmax(1), present.shape[1]).bool() & allowed  # (B, M)
     return present | (pick & ~present.any(1, keepdim=True))
 
@@ -146,8 +140,8 @@ def sample_presence(batch_size: int, modalities: Sequence[str], missing_rate, ge
     """
     mods = check_modalities(modalities)
     rates = _rates(missing_rate, mods)
-    uniform = _uniform((_check_batch_size(batch_size), len(mods)), generator, device)
-    present = uniform >= rates.to(uniform.device)                    # absent with probability rate
+    draws = uniform((_check_batch_size(batch_size), len(mods)), generator, device)
+    present = draws >= rates.to(draws.device)                    # absent with probability rate
     if not keep_one:
         return present
     return ensure_one_present(present, torch.ones_like(present), generator)
@@ -241,8 +235,8 @@ def corrupt(x: torch.Tensor, rate: float, generator: torch.Generator | None = No
     if b < 2:
         raise ValueError(f"corrupt needs a batch of at least 2 rows to take another sample's row, "
                          f"got x of shape {tuple(x.shape)}")
-    hit = _uniform((b,), generator, x.device) < rate                           # (B,)
-    offset = (_uniform((b,), generator, x.device) * (b - 1)).long() + 1        # (B,) in 1..B-1
+    hit = uniform((b,), generator, x.device) < rate                           # (B,)
+    offset = (uniform((b,), generator, x.device) * (b - 1)).long() + 1        # (B,) in 1..B-1
     source = (torch.arange(b, device=x.device) + offset) % b
     return torch.where(hit.view(b, *[1] * (x.dim() - 1)), x[source], x)
 

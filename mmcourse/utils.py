@@ -30,6 +30,16 @@ def seed_everything(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
+def uniform(shape: tuple[int, ...], generator: torch.Generator | None, device) -> torch.Tensor:
+    """Uniform [0, 1) numbers on ``device``; with a (CPU) generator they are drawn on it and moved.
+
+    So a seeded draw gives the same numbers whatever the device.
+    """
+    if generator is None:
+        return torch.rand(shape, device=device)
+    return torch.rand(shape, generator=generator, device=generator.device).to(device)
+
+
 def _mps_available() -> bool:
     return bool(getattr(torch.backends, "mps", None)) and torch.backends.mps.is_available()
 

@@ -1,0 +1,596 @@
+"""Stage 2, joint training: labelled multimodal training, with the encoders initialised from stage 1.
+
+:class:`JointModel` is a :class:`mmcourse.fusion.FusionModel` (encoders, a fusion, a
+classification head) with two more heads that look at an image and a caption
+together, as ALBEF does (Li et al. 2021, "Align before Fuse: Vision and Language
+Representation Learning with Momentum Distillation"):
+
+- **image-text contrastive (ITC)**: a linear projection of the image features and
+  one of the text features into a joint space of width E, aligned by the symmetric
+  InfoNCE of chapter 06 (:class:`mmcourse.losses.ContrastiveLoss`, learnable
+  temperature). Their similarities rank the captions of a batch for each image;
+- **image-text matching (ITM)**: a binary classifier on a joint representation of an
+  (image, caption) pair (:class:`ITMHead`): does the caption belong to the image? Its
+  negatives are *hard*: for each image, a caption of another scene that the ITC
+  similarities find close (:func:`mine_hard_negatives`), and for each caption such
+  an image. Captions name only some attributes, so the closest non-paired caption
+  often fits the image just as well (a false negative); :func:`caption_fits` finds
+  those from the world's annotations (:mod:`mmcourse.data.matching`, :class:`AnnotatedDataset`).
+
+:class:`MultitaskLoss` is ``cls + itm_weight * itm + itc_weight * itc`` as a dict
+for :func:`mmcourse.training.train`. It also reports how confident each
+modality's branch is (:func:`modality_scores`), the measurement behind OGM-GE
+(Peng et al. 2022, "Balanced Multimodal Learning via On-the-fly Gradient
+Modulation"): :func:`ogm_coefficients` and :class:`GradientModulation` slow down the
+encoder of a dominating modality. :func:`subset_accuracies` scores the model with
+only some modalities present, :func:`modality_probes` measures what each
+encoder's features tell about the label (a linear probe), and
+:func:`steps_to_reach` reads a learning curve.
+
+Shape letters: B batch, N samples, M modalities, C classes, K attributes, D_m width
+of modality m's features, E joint embedding width, H hidden width.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .data.bayes import all_subsets
+from .data.dataset import BatchedDataset, make_loader, to_device
+from .data.matching import annotate, caption_fits
+from .data.world import World
+from .encoders import encode
+from .fusion import FusionModel, make_fusion
+from .losses import ContrastiveLoss
+from .pretrain import linear_probe_accuracy
+from .robustness import presence_without
+from .utils import autocast, uniform
+
+ANNOTATIONS = "annotations"         # the batch key of AnnotatedDataset
+PAIR = ("image", "text")             # the modalities that ITC and ITM look at together
+MINING_MODES = ("sample", "hardest", "random")
+ITM_HIDDEN = 64
+GUMBEL_EPS = 1e-12                   # keeps log(-log(u)) finite for u = 0
+SIMILARITY_CAP = 1e30                # similarities are clamped to +-this, so that every allowed column beats -inf
+
+
+# ----------------------------------------------------------------------------- hard negatives
+
+def _check_square(similarity, name: str = "similarity") -> int:
+    if not isinstance(similarity, torch.Tensor) or not similarity.is_floating_point():
+        kind = similarity.dtype if isinstance(similarity, torch.Tensor) else type(similarity).__name__
+        raise TypeError(f"{name} must be a floating-point tensor (B, B), got {kind}")
+    if similarity.dim() != 2 or similarity.shape[0] != similarity.shape[1]:
+        raise ValueError(f"{name} must be square (B, B), got {tuple(similarity.shape)}")
+    return similarity.shape[0]
+
+
+def mine_hard_negatives(similarity: torch.Tensor, mode: str = "sample", generator: torch.Generator | None = None,
+                        exclude: torch.Tensor | None = None) -> torch.Tensor:
+    """For each query (row i), a non-matching candidate (column j != i) that the similarities find close.
+
+    Row i scores the B candidates for query i (e.g. image i against every caption of
+    the batch); its positive is column i, which is never returned. Modes:
+
+    - ``"sample"`` (the default, as ALBEF): j is drawn with probability
+      ``softmax_j(similarity[i, j])`` over the allowed columns (pass similarity
+      *logits*, i.e. cosines times the inverse temperature). Close candidates are
+      likely, not certain: a caption of another scene that fits the image just as
+      well (a *false* negative: captions name only some attributes) is not
+      chosen every time, which hardest-negative mining would do;
+    - ``"hardest"``: the allowed column of highest similarity (ties: the lowest index);
+    - ``"random"``: uniform over the allowed columns (no mining, the baseline).
+
+    Allowed are the columns j != i with ``exclude[i, j]`` False; in a row where
+    ``exclude`` leaves nothing, every j != i is allowed again (``exclude`` is a
+    preference, the positive is a rule). Sampling uses the Gumbel-max trick: the
+    argmax of ``similarity + Gumbel noise`` is a draw from the softmax.
+
+    Args:
+        similarity: (B, B) floating point, B >= 2.
+        mode: one of ``MINING_MODES``.
+        generator: optional CPU generator for ``"sample"`` and ``"random"``: B * B numbers are drawn
+            per call, so a seed fixes the draws on any device.
+        exclude: optional (B, B) bool, pairs not to use as negatives (e.g. identical captions).
+
+    Returns:
+        (B,) int64 on the device of ``similarity``, with ``out[i] != i``.
+
+    Raises:
+        TypeError: if ``similarity`` is not a floating-point tensor or ``exclude`` not a bool tensor.
+        ValueError: for a non-square ``similarity``, B < 2 (no negative exists), an unknown
+            ``mode`` or an ``exclude`` of another shape.
+    """
+    b = _check_square(similarity)
+    if b < 2:
+        raise ValueError(f"mining a negative needs a batch of at least 2, got similarity of shape "
+                         f"{tuple(similarity.shape)}: with B = 1 the only candidate is the positive")
+    if mode not in MINING_MODES:
+        raise ValueError(f"mode must be one of {MINING_MODES}, got {mode!r}")
+    allowed = ~torch.eye(b, dtype=torch.bool, device=similarity.device)                 # (B, B)
+    if exclude is not None:
+        if not isinstance(exclude, torch.Tensor) or exclude.dtype != torch.bool:
+            kind = exclude.dtype if isinstance(exclude, torch.Tensor) else type(exclude).__name__
+            raise TypeError(f"exclude must be a bool tensor (B, B), got {kind}")
+        if exclude.shape != similarity.shape:
+            raise ValueError(f"exclude must have the shape of similarity {tuple(similarity.shape)}, "
+                             f"got {tuple(exclude.shape)}")
+        keep = allowed & ~exclude.to(similarity.device)
+        allowed = torch.where(keep.any(1, keepdim=True), keep, allowed)
+    if mode == "random":
+        scores = torch.zeros(b, b, device=similarity.device)
+    else:
+        scores = similarity.detach().float().nan_to_num(0.0).clamp(-SIMILARITY_CAP, SIMILARITY_CAP)
+    if mode != "hardest":
+        u = uniform((b, b), generator, similarity.device).clamp_min(GUMBEL_EPS)
+        scores = scores - torch.log(-torch.log(u))                                      # + Gumbel(0, 1) noise
+    return scores.masked_fill(~allowed, float("-inf")).argmax(1)
+
+
+def identical_rows(x: torch.Tensor) -> torch.Tensor:
+    """Which rows of a batch are equal: (B, ...) -> (B, B) bool (the diagonal is True).
+
+    For captions (B, L) of token ids this finds duplicates: a caption equal to the
+    positive's is a certain false negative, which :class:`MultitaskLoss` excludes.
+    """
+    flat = x.reshape(len(x), -1)
+    return (flat.unsqueeze(1) == flat.unsqueeze(0)).all(-1)
+
+
+class AnnotatedDataset(BatchedDataset):
+    """A :class:`~mmcourse.data.MultimodalDataset` whose batches also carry ``inputs["annotations"]`` (B, 3K).
+
+    With them, :class:`MultitaskLoss` never mines a caption that fits the image as a
+    negative (:func:`caption_fits`). Models ignore the extra key (:meth:`JointModel.features`).
+
+    Args:
+        dataset: the scenes (its ``scenes`` and ``labels`` are kept as attributes).
+        world: the world that rendered them (it says which modality shows what).
+    """
+
+    def __init__(self, dataset, world: World):
+        self.dataset, self.scenes, self.labels = dataset, dataset.scenes, dataset.labels
+        self.annotations = annotate(world, dataset.scenes)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitems__(self, indices) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        inputs, labels = self.dataset.__getitems__(indices)
+        return {**inputs, ANNOTATIONS: self.annotations[torch.as_tensor(indices, dtype=torch.long)]}, labels
+
+
+# ----------------------------------------------------------------------------- the model
+
+class ITMHead(nn.Module):
+    """Does caption j belong to image i? A binary classifier on a joint representation of the pair.
+
+    It reads the L2-normalised ITC embeddings u (image) and v (caption), rescaled by
+    sqrt(E) so that their entries are of order 1, and forms the joint representation
+    ``[u * v, |u - v|]`` (agreement and disagreement, coordinate by coordinate:
+    the sum of ``u * v`` alone is the cosine similarity); an MLP ``Linear(2E, H), ReLU,
+    Linear(H, 1)`` turns it into one logit. Sharing the ITC space means that aligned
+    embeddings (from stage 1, or from the ITC loss) give the matcher a head start.
+
+    Args:
+        embed_dim: E.
+        hidden: H.
+    """
+
+    def __init__(self, embed_dim: int, hidden: int = ITM_HIDDEN):
+        super().__init__()
+        self.embed_dim = embed_dim
+        self.mlp = nn.Sequential(nn.Linear(2 * embed_dim, hidden), nn.ReLU(), nn.Linear(hidden, 1))
+
+    def forward(self, image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        """Match logits (B,) of the pairs (image[k], text[k]): (B, E), (B, E) normalised embeddings -> (B,)."""
+        if image.dim() != 2 or image.shape != text.shape or image.shape[1] != self.embed_dim:
+            raise ValueError(f"image and text must both be (B, E) with E = {self.embed_dim}, "
+                             f"got {tuple(image.shape)} and {tuple(text.shape)}")
+        u, v = image * self.embed_dim ** 0.5, text * self.embed_dim ** 0.5
+        return self.mlp(torch.cat([u * v, (u - v).abs()], dim=1)).squeeze(1)
+
+
+class JointModel(FusionModel):
+    """Three encoders, a fusion and a classifier head, plus image-text contrastive and matching heads.
+
+    ``model(inputs, present=None)`` returns class logits (B, C) exactly as a
+    :class:`~mmcourse.fusion.FusionModel` does (so ``accuracy_on`` and the robustness
+    helpers work unchanged); the extra heads serve :class:`MultitaskLoss`.
+
+    Args:
+        encoders: modality -> encoder mapping its batch tensor to (B, D_m); each needs an
+            ``out_dim`` (every :mod:`mmcourse.encoders` encoder has one). Must include
+            ``"image"`` and ``"text"``. Pass copies (``copy.deepcopy``) to keep the originals.
+        num_classes: C.
+        fusion: a name of ``mmcourse.fusion.FUSIONS`` (default ``"late"``: per-modality logits
+            averaged, so each modality's share of the decision is explicit).
+        hidden: H of the fusion.
+        embed_dim: E, the width of the ITC space.
+        modality_dropout: drop rate of whole modalities while training (see ``FusionModel``).
+    """
+
+    def __init__(self, encoders: Mapping[str, nn.Module], num_classes: int, fusion: str = "late", hidden: int = 128,
+                 embed_dim: int = 64, modality_dropout: float = 0.0):
+        if not isinstance(encoders, Mapping) or not set(PAIR) <= set(encoders):
+            got = sorted(encoders) if isinstance(encoders, Mapping) else type(encoders).__name__
+            raise ValueError(f"encoders must be a dict with at least the keys {list(PAIR)}, got {got}")
+        in_dims = {}
+        for m, enc in encoders.items():
+            if not isinstance(enc, nn.Module) or not isinstance(getattr(enc, "out_dim", None), int):
+                raise TypeError(f"encoders[{m!r}] must be an nn.Module with an int out_dim, got {type(enc).__name__}")
+            in_dims[m] = enc.out_dim
+        super().__init__(make_fusion(fusion, in_dims, hidden, num_classes), num_classes, encoders, modality_dropout)
+        self.project = nn.ModuleDict({m: nn.Linear(in_dims[m], embed_dim) for m in PAIR})
+        self.itc = ContrastiveLoss()
+        self.itm = ITMHead(embed_dim)
+
+    def features(self, inputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Each modality through its encoder: {name: (B, D_m)}; other keys of ``inputs`` are ignored."""
+        missing = [m for m in self.modalities if m not in inputs]
+        if missing:
+            raise ValueError(f"inputs lack the modalities {missing} (keys: {sorted(inputs)})")
+        return super().features({m: inputs[m] for m in self.modalities})
+
+    def classify(self, features: Mapping[str, torch.Tensor], present: torch.Tensor | None = None) -> torch.Tensor:
+        """Class logits (B, C) from features {name: (B, D_m)}; modality dropout applies in training mode."""
+        present = self.modality_dropout(features, present)
+        return self.head(self.fusion(features, present))
+
+    def modality_logits(self, features: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The logits each modality gives on its own: {name: (B, C)}, every other modality masked.
+
+        With ``late`` fusion these are exactly the per-modality branches whose mean is
+        the model's output; with other fusions they are meaningful only if the model
+        was trained with modality dropout (it has then seen single modalities).
+        """
+        b = len(next(iter(features.values())))
+        device = next(iter(features.values())).device
+        return {m: self.head(self.fusion(features, presence_without(
+                    b, self.modalities, [x for x in self.modalities if x != m], device)))
+                for m in self.modalities}
+
+    def embed(self, features: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """L2-normalised ITC embeddings of the images and of the captions: (B, E), (B, E)."""
+        image, text = (F.normalize(self.project[m](features[m]).float(), dim=1) for m in PAIR)
+        return image, text
+
+    def similarity(self, image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        """ITC logits (B, B) of normalised embeddings (B, E), (B, E): cosine times the inverse temperature.
+
+        Row i scores image i against every caption; the diagonal holds the true pairs.
+        """
+        scale = self.itc.logit_scale.clamp(max=self.itc.max_logit_scale).exp()
+        return scale * image @ text.T
+
+    @classmethod
+    def from_stage1(cls, stage1: nn.Module, num_classes: int, **options) -> JointModel:
+        """A joint model whose encoders are copies of ``stage1.encoders`` (the stage-1 model is left untouched).
+
+        When ``stage1`` also has ``projections`` (image and text, of matching shapes) and a
+        learned ``losses["image-text"]`` temperature, as :class:`mmcourse.pretrain.ContrastiveModel`
+        does, the ITC projections and temperature start from them too, so the joint space
+        (and with it the mining of hard negatives and the matcher) is aligned from step 0.
+
+        Args:
+            stage1: a model with an ``encoders`` ModuleDict.
+            num_classes, options: as :class:`JointModel`.
+        """
+        encoders = getattr(stage1, "encoders", None)
+        if not isinstance(encoders, nn.ModuleDict):
+            raise TypeError(f"stage1 must have an nn.ModuleDict .encoders, got {type(stage1).__name__}")
+        model = cls(copy.deepcopy(dict(encoders)), num_classes, **options)
+        projections = getattr(stage1, "projections", {})
+        with torch.no_grad():
+            for m in PAIR:
+                if m in projections and projections[m].weight.shape == model.project[m].weight.shape:
+                    model.project[m].load_state_dict(projections[m].state_dict())
+            losses = getattr(stage1, "losses", {})
+            if "image-text" in losses:
+                model.itc.logit_scale.copy_(losses["image-text"].logit_scale)
+        return model
+
+
+# ----------------------------------------------------------------------------- modality imbalance
+
+@torch.no_grad()
+def modality_scores(model: JointModel, features: Mapping[str, torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
+    """How confident each modality's branch is of the true class: (M,), in ``model.modalities`` order.
+
+    ``s_m = mean_i softmax(z_m(x_i))[y_i]`` with ``z_m`` the logits of modality m alone
+    (:meth:`JointModel.modality_logits`): OGM-GE's per-modality score (Peng et al.
+    2022 sum it over the batch; the mean gives the same ratios). No gradient flows.
+    """
+    logits = model.modality_logits({m: f.detach() for m, f in features.items()})
+    return torch.stack([F.softmax(logits[m].float(), dim=1).gather(1, labels[:, None]).mean()
+                        for m in model.modalities])
+
+
+def ogm_coefficients(scores: torch.Tensor, alpha: float) -> torch.Tensor:
+    """OGM's gradient coefficients from per-modality scores: (M,) -> (M,) in (0, 1].
+
+    ``rho_m = s_m / mean_{m' != m} s_m'`` (for two modalities, Peng et al.'s ratio of
+    the two scores), and, as their Eq. 10, ``k_m = 1 - tanh(alpha * rho_m)`` where
+    ``rho_m > 1`` (a modality more confident than the others), else ``k_m = 1``. As in
+    the paper, k jumps at ``rho_m = 1`` from 1 to ``1 - tanh(alpha)``; with three or
+    more modalities, several can be above the mean of the others at once.
+
+    Raises:
+        ValueError: if ``scores`` is not (M,) with M >= 2, or ``alpha`` is negative.
+    """
+    if not isinstance(scores, torch.Tensor) or scores.dim() != 1 or len(scores) < 2:
+        raise ValueError(f"scores must be a tensor (M,) with M >= 2 modalities, got "
+                         f"{tuple(scores.shape) if isinstance(scores, torch.Tensor) else type(scores).__name__}")
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or alpha < 0:
+        raise ValueError(f"alpha must be a number >= 0, got {alpha!r}")
+    others = (scores.sum() - scores) / (len(scores) - 1)                                  # (M,)
+    rho = scores / others.clamp_min(torch.finfo(scores.dtype).tiny)
+    return torch.where(rho > 1, 1 - torch.tanh(alpha * rho), torch.ones_like(rho))
+
+
+class GradientModulation:
+    """OGM-GE: scale each encoder's gradients by its coefficient, then add Gaussian noise (Peng et al. 2022).
+
+    Hooks on every parameter of ``model.encoders[m]`` multiply its gradient by
+    ``k_m`` (:func:`ogm_coefficients` of the latest :meth:`update`); with ``noise``
+    (the "GE", generalisation enhancement), each weight tensor (2 or more dims, as
+    the paper's conv kernels) then gets noise ``N(0, std(g)^2)``, where g is its
+    modulated gradient. Call :meth:`update` once per step, before ``backward``
+    (:class:`MultitaskLoss` does); :meth:`remove` (or leaving a ``with`` block)
+    takes the hooks off.
+
+    The paper trains with SGD, whose step is proportional to the gradient. Adam
+    divides each gradient by a running estimate of its own size, so a coefficient
+    that stays constant cancels out: only changes of ``k_m`` over time (and the
+    noise) reach the weights.
+
+    Args:
+        model: the :class:`JointModel` whose encoders are modulated.
+        alpha: the strength of the modulation (> 0).
+        noise: add the GE noise.
+    """
+
+    def __init__(self, model: JointModel, alpha: float = 0.5, noise: bool = True):
+        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or alpha <= 0:
+            raise ValueError(f"alpha must be a number > 0, got {alpha!r}")
+        self.alpha, self.noise = float(alpha), bool(noise)
+        self.modalities = tuple(model.modalities)
+        self.coefficients = torch.ones(len(self.modalities))
+        self._handles = [p.register_hook(self._hook(j, p.dim() >= 2))
+                         for j, m in enumerate(self.modalities) for p in model.encoders[m].parameters()
+                         if p.requires_grad]
+
+    def _hook(self, j: int, add_noise: bool):
+        def hook(grad: torch.Tensor) -> torch.Tensor:
+            grad = grad * self.coefficients[j].to(grad.device, grad.dtype)
+            if self.noise and add_noise:
+                grad = grad + torch.randn_like(grad) * grad.std()
+            return grad
+        return hook
+
+    def update(self, scores: torch.Tensor) -> torch.Tensor:
+        """Set the coefficients of the next backward pass from per-modality scores (M,); returns them (M,)."""
+        if scores.shape != (len(self.modalities),):
+            raise ValueError(f"scores must be (M,) = ({len(self.modalities)},) for {self.modalities}, "
+                             f"got {tuple(scores.shape)}")
+        self.coefficients = ogm_coefficients(scores.detach().float(), self.alpha)
+        return self.coefficients
+
+    def remove(self) -> None:
+        """Take the hooks off the encoders (the model trains normally again)."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+    def __enter__(self) -> GradientModulation:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.remove()
+
+
+# ----------------------------------------------------------------------------- the loss
+
+class MultitaskLoss:
+    """Classification + ITM with hard negatives + ITC, as a ``loss_fn(model, batch) -> dict`` for ``train``.
+
+    For a batch (inputs, labels) of B scenes:
+
+    - ``cls``: cross-entropy of the class logits (modality dropout applies);
+    - ``itc``: symmetric InfoNCE of the image and caption embeddings (``model.itc``);
+    - ``itm``: binary cross-entropy of the match logits of 3B pairs: the B true pairs
+      (label 1), each image with a mined caption and each caption with a mined image
+      (label 0). Negatives come from :func:`mine_hard_negatives` on the batch's ITC
+      similarities (detached). A caption that fits the image is never a negative
+      when the batch carries annotations (:class:`AnnotatedDataset`,
+      :func:`caption_fits`); without them, only captions identical to the true one
+      are excluded.
+
+    ``loss = cls + itm_weight * itm + itc_weight * itc``. The dict also holds
+    ``itm_accuracy`` (fraction of the 3B pairs the ITM head gets right) and, per
+    modality, ``score_<m>`` (:func:`modality_scores`) and, with a ``modulation``,
+    ``coeff_<m>``. A batch of one scene has no negative: ITC and ITM are then skipped.
+
+    Args:
+        itm_weight, itc_weight: weights of the two image-text losses (0 switches one off).
+        mining: negative selection, one of ``MINING_MODES``.
+        modulation: an optional :class:`GradientModulation` updated at every step.
+        generator: optional CPU generator for the mining draws.
+    """
+
+    def __init__(self, itm_weight: float = 1.0, itc_weight: float = 1.0, mining: str = "sample",
+                 modulation: GradientModulation | None = None, generator: torch.Generator | None = None):
+        for name, w in (("itm_weight", itm_weight), ("itc_weight", itc_weight)):
+            if isinstance(w, bool) or not isinstance(w, (int, float)) or w < 0 or not math.isfinite(w):
+                raise ValueError(f"{name} must be a finite number >= 0, got {w!r}")
+        if mining not in MINING_MODES:
+            raise ValueError(f"mining must be one of {MINING_MODES}, got {mining!r}")
+        self.itm_weight, self.itc_weight, self.mining = float(itm_weight), float(itc_weight), mining
+        self.modulation, self.generator = modulation, generator
+
+    def __call__(self, model: JointModel, batch) -> dict[str, torch.Tensor]:
+        inputs, labels = batch
+        features = model.features(inputs)
+        scores = modality_scores(model, features, labels)
+        out = {f"score_{m}": s for m, s in zip(model.modalities, scores)}
+        if self.modulation is not None:
+            out.update({f"coeff_{m}": k for m, k in zip(model.modalities, self.modulation.update(scores))})
+        out["cls"] = F.cross_entropy(model.classify(features), labels)
+        loss = out["cls"]
+        if len(labels) >= 2 and (self.itc_weight > 0 or self.itm_weight > 0):
+            image, text = model.embed(features)                                           # (B, E) each
+            out["itc"] = model.itc(image, text)
+            exclude = (caption_fits(inputs[ANNOTATIONS]) if ANNOTATIONS in inputs
+                       else identical_rows(inputs["text"]))
+            out["itm"], out["itm_accuracy"] = self.matching(model, image, text, exclude)
+            loss = loss + self.itc_weight * out["itc"] + self.itm_weight * out["itm"]
+        out["loss"] = loss
+        return out
+
+    def matching(self, model: JointModel, image: torch.Tensor, text: torch.Tensor,
+                 exclude: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """ITM loss and accuracy over the B true pairs and 2B mined negatives of embeddings (B, E), (B, E); B >= 2.
+
+        ``exclude`` (B, B) bool, row i = image i, column j = caption j, marks pairs never used as
+        negatives (e.g. identical captions, or captions that fit the image).
+        """
+        with torch.no_grad():
+            similarity = model.similarity(image, text).float()                             # (B, B), row = image
+            neg_text = mine_hard_negatives(similarity, self.mining, self.generator, exclude)      # (B,)
+            neg_image = mine_hard_negatives(similarity.T, self.mining, self.generator,
+                                            None if exclude is None else exclude.T)               # (B,)
+        logits = model.itm(torch.cat([image, image, image[neg_image]]),
+                           torch.cat([text, text[neg_text], text]))                               # (3B,)
+        b = len(image)
+        target = torch.cat([torch.ones(b, device=logits.device), torch.zeros(2 * b, device=logits.device)])
+        loss = F.binary_cross_entropy_with_logits(logits.float(), target)
+        accuracy = ((logits.detach() > 0).float() == target).float().mean()
+        return loss, accuracy
+
+
+# ----------------------------------------------------------------------------- matching, probes and curves
+
+@torch.no_grad()
+def embed_pairs(model: JointModel, dataset, device, batch_size: int = 512
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """ITC embeddings of every scene's image and caption, with the scenes' annotations, in order.
+
+    Args:
+        model: a :class:`JointModel` (put in eval mode).
+        dataset: an :class:`AnnotatedDataset`, or a ``Subset`` of one.
+
+    Returns:
+        image (N, E), text (N, E) (unit length) and annotations (N, 3K), on ``device``.
+    """
+    model.eval()
+    parts = []
+    for inputs, _ in make_loader(dataset, batch_size):
+        if ANNOTATIONS not in inputs:
+            raise ValueError(f"the dataset's batches have no {ANNOTATIONS!r} entry: wrap it in AnnotatedDataset")
+        inputs = to_device(inputs, device)
+        parts.append((*model.embed(model.features(inputs)), inputs[ANNOTATIONS]))
+    return tuple(torch.cat(p) for p in zip(*parts))
+
+
+@torch.no_grad()
+def itm_scores(model: nn.Module, image: torch.Tensor, text: torch.Tensor, annotations: torch.Tensor,
+               batch_size: int = 128, generator: torch.Generator | None = None) -> dict[str, float]:
+    """How well a matcher tells true pairs from *real* negatives, in batches of ``batch_size`` scenes.
+
+    - ``"true pairs accepted"``: fraction of (image i, caption i) with a positive ITM logit;
+    - ``"hard negatives rejected"``: for each image, the caption of highest ``model.similarity``
+      among those of its batch that do not fit it (:func:`caption_fits`); fraction with a logit <= 0;
+    - ``"random negatives rejected"``: the same for a caption drawn at random among those.
+
+    Images whose every batch-mate's caption fits them count only for the first number;
+    a last batch smaller than ``batch_size`` is dropped.
+
+    Args:
+        model: anything with ``itm(image, text) -> (B,)`` and ``similarity(image, text) -> (B, B)``
+            (a :class:`JointModel`).
+        image, text: (N, E) embeddings (:func:`embed_pairs`); annotations: (N, 3K).
+        generator: optional CPU generator for the random negatives.
+    """
+    n = len(image)
+    if not image.shape == text.shape or len(annotations) != n or n < batch_size or batch_size < 2:
+        raise ValueError(f"image and text must be (N, E) with N >= batch_size >= 2 and annotations (N, 3K), got "
+                         f"{tuple(image.shape)}, {tuple(text.shape)}, {tuple(annotations.shape)} and "
+                         f"batch_size {batch_size}")
+    out = {"true pairs accepted": [], "hard negatives rejected": [], "random negatives rejected": []}
+    others = ~torch.eye(batch_size, dtype=torch.bool, device=image.device)
+    for s in range(0, n - batch_size + 1, batch_size):
+        u, v = image[s:s + batch_size], text[s:s + batch_size]
+        fits = caption_fits(annotations[s:s + batch_size])
+        real = (~fits & others).any(1)                          # images with at least one caption that does not fit
+        out["true pairs accepted"].append((model.itm(u, v) > 0).float().mean())
+        for key, mode in (("hard negatives rejected", "hardest"), ("random negatives rejected", "random")):
+            negative = mine_hard_negatives(model.similarity(u, v), mode, generator, fits)
+            out[key].append((model.itm(u, v[negative]) <= 0)[real].float().mean())
+    return {k: torch.stack(v).nanmean().item() for k, v in out.items()}
+
+def modality_probes(model: JointModel, train_set, test_set, device, batch_size: int = 512) -> dict[str, float]:
+    """Linear-probe accuracy of the label from each encoder's frozen features: {name: accuracy}.
+
+    Each encoder of ``model`` encodes ``train_set`` and ``test_set`` (datasets whose
+    batches are ``(inputs, labels)``, e.g. a few thousand training scenes and the dev
+    split); a logistic-regression probe per modality is fitted on the first and scored
+    on the second (:func:`mmcourse.pretrain.linear_probe_accuracy`). The probe says
+    what the encoder's features make linearly available, whatever the fusion does
+    with them. The encoders are left in eval mode.
+    """
+    labels = [torch.cat([y for _, y in make_loader(ds, batch_size)]) for ds in (train_set, test_set)]
+    out = {}
+    for m in model.modalities:
+        x, xt = (encode(model.encoders[m], ds, device, batch_size, key=m) for ds in (train_set, test_set))
+        out[m] = linear_probe_accuracy(x, labels[0], xt, labels[1])
+    return out
+
+
+@torch.no_grad()
+def subset_accuracies(model: JointModel, loader, device, subsets=None) -> dict[tuple[str, ...], float]:
+    """Accuracy with only each subset of modalities present: {sorted subset: accuracy}.
+
+    The same numbers as :func:`mmcourse.robustness.missing_modality_table`, but every
+    batch goes through the encoders once and only the fusion and head run per
+    subset, so the table costs little more than one evaluation (the encoders
+    dominate the cost of an end-to-end model).
+
+    Args:
+        model: a :class:`JointModel` (anything with ``features``, ``classify`` and ``modalities``).
+        loader: yields ``(inputs, labels)``.
+        device: where the model runs.
+        subsets: sorted tuples of modality names (default: every non-empty subset, smallest first,
+            the order of :func:`mmcourse.data.bayes_table`).
+    """
+    mods = tuple(model.modalities)
+    subsets = [s for s in all_subsets(mods) if s] if subsets is None else [tuple(s) for s in subsets]
+    for s in subsets:
+        if not s or list(s) != sorted(set(s)) or not set(s) <= set(mods):
+            raise ValueError(f"each subset must be a non-empty sorted tuple of {mods}, got {s!r}")
+    model.eval()
+    correct, total = {s: torch.zeros((), device=device) for s in subsets}, 0
+    for inputs, labels in loader:
+        inputs, labels = to_device(inputs, device), labels.to(device)
+        with autocast(device):
+            features = model.features(inputs)
+            for s in subsets:
+                present = presence_without(len(labels), mods, [m for m in mods if m not in s], device)
+                correct[s] += (model.classify(features, present).argmax(1) == labels).sum()
+        total += len(labels)
+    if total == 0:
+        raise ValueError("the loader yielded no batches")
+    return {s: float(c) / total for s, c in correct.items()}
+
+
+def steps_to_reach(history, target: float, key: str = "dev_accuracy") -> int | None:
+    """The first evaluated step at which ``history.metrics[key]`` reaches ``target`` (None if it never does)."""
+    values = history.metrics[key] if hasattr(history, "metrics") else getattr(history, key)
+    for step, value in zip(history.step, values):
+        if value >= target:
+            return int(step)
+    return None
