@@ -64,6 +64,7 @@ lab: setup
 
 bench: setup
 	$(BIN)/python benchmarks/bench_generate.py
+	$(BIN)/python benchmarks/bench_training.py
 
 clean:
 	rm -rf build .pytest_cache

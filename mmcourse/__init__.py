@@ -4,7 +4,10 @@ One module per concept; the notebooks import from here what earlier chapters
 built. ``utils`` (seeding, device, precision), ``config`` (profiles), ``data``
 (the synthetic world, Bayes limits, loaders), ``losses``, ``encoders``,
 ``fusion``, ``robustness`` (missing and noisy modalities), ``models``,
-``training``, ``metrics``, ``plots``, ``report`` and ``course`` (running every
-notebook).
+``training`` (the loop every stage uses: schedules, checkpoints, resume),
+``pretrain`` (stage 1: contrastive and masked pretraining, zero-shot,
+retrieval), ``joint`` (stage 2: multi-task joint training, hard negatives,
+modality imbalance), ``metrics``, ``plots``, ``report`` and ``course``
+(running every notebook).
 """
 __version__ = "0.1.0"
