@@ -9,12 +9,13 @@ import torch
 from sklearn import metrics as skm
 
 
-def _as_numpy(x) -> np.ndarray:
+def as_numpy(x) -> np.ndarray:
+    """A tensor on any device, or an array-like, as a NumPy array."""
     return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
 
 
 def _check_pair(pred, true) -> tuple[np.ndarray, np.ndarray]:
-    pred, true = _as_numpy(pred), _as_numpy(true)
+    pred, true = as_numpy(pred), as_numpy(true)
     if pred.shape != true.shape or pred.ndim != 1:
         raise ValueError(f"pred and true must be 1-D of equal length, got {pred.shape} and {true.shape}")
     if len(pred) == 0:

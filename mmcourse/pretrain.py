@@ -50,7 +50,7 @@ from .data.text import PAD_ID, SHAPE_FILLERS, SYNONYMS, TEMPLATES, UNK_ID, WORLD
 from .data.world import ATTRIBUTES, Scenes, World
 from .encoders import Encoder, make_encoder
 from .losses import MAX_LOGIT_SCALE, ContrastiveLoss
-from .metrics import recall_at_k
+from .metrics import as_numpy, recall_at_k
 from .training import History, TrainConfig, load_checkpoint, train
 from .utils import build_dir
 
@@ -526,8 +526,8 @@ def linear_probe_accuracy(train_x: torch.Tensor, train_y, test_x: torch.Tensor, 
     from sklearn.preprocessing import StandardScaler
     from threadpoolctl import threadpool_limits
 
-    x, xt = np.asarray(train_x, dtype=np.float64), np.asarray(test_x, dtype=np.float64)
-    y, yt = np.asarray(train_y), np.asarray(test_y)
+    x, xt = as_numpy(train_x).astype(np.float64), as_numpy(test_x).astype(np.float64)
+    y, yt = as_numpy(train_y), as_numpy(test_y)
     if x.ndim != 2 or xt.ndim != 2 or x.shape[1] != xt.shape[1] or y.shape != x.shape[:1] or yt.shape != xt.shape[:1]:
         raise ValueError(f"expected train_x (N, D), train_y (N,), test_x (N', D), test_y (N',), got "
                          f"{x.shape}, {y.shape}, {xt.shape}, {yt.shape}")
