@@ -518,11 +518,14 @@ class FusionModel(nn.Module):
         check_keys(inputs, self.modalities, "inputs")
         return {m: self.encoders[m](inputs[m]) for m in self.modalities}
 
+    def classify(self, features: Mapping[str, torch.Tensor], present: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits (B, C) from encoded features {name: (B, D_m)}; modality dropout applies in training only."""
+        present = self.modality_dropout(features, present)
+        return self.head(self.fusion(features, present))
+
     def forward(self, inputs: Mapping[str, torch.Tensor], present: torch.Tensor | None = None) -> torch.Tensor:
         """Logits (B, C) from ``inputs`` {name: (B, ...)} and an optional presence mask (B, M) bool."""
-        features = self.features(inputs)
-        present = self.modality_dropout(features, present)   # random drops in training only
-        return self.head(self.fusion(features, present))
+        return self.classify(self.features(inputs), present)
 
 
 class FeatureDataset(BatchedDataset):

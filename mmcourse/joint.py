@@ -22,8 +22,7 @@ for :func:`mmcourse.training.train`. It also reports how confident each
 modality's branch is (:func:`modality_scores`), the measurement behind OGM-GE
 (Peng et al. 2022, "Balanced Multimodal Learning via On-the-fly Gradient
 Modulation"): :func:`ogm_coefficients` and :class:`GradientModulation` slow down the
-encoder of a dominating modality. :func:`subset_accuracies` scores the model with
-only some modalities present, :func:`modality_probes` measures what each
+encoder of a dominating modality. :func:`modality_probes` measures what each
 encoder's features tell about the label (a linear probe), and
 :func:`steps_to_reach` reads a learning curve.
 
@@ -40,7 +39,6 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .data.bayes import all_subsets
 from .data.dataset import BatchedDataset, make_loader, to_device
 from .data.matching import annotate, caption_fits
 from .data.world import World
@@ -49,7 +47,7 @@ from .fusion import FusionModel, make_fusion
 from .losses import ContrastiveLoss
 from .pretrain import linear_probe_accuracy
 from .robustness import presence_without
-from .utils import autocast, uniform
+from .utils import uniform
 
 ANNOTATIONS = "annotations"         # the batch key of AnnotatedDataset
 PAIR = ("image", "text")             # the modalities that ITC and ITM look at together
@@ -236,11 +234,6 @@ class JointModel(FusionModel):
         if missing:
             raise ValueError(f"inputs lack the modalities {missing} (keys: {sorted(inputs)})")
         return super().features({m: inputs[m] for m in self.modalities})
-
-    def classify(self, features: Mapping[str, torch.Tensor], present: torch.Tensor | None = None) -> torch.Tensor:
-        """Class logits (B, C) from features {name: (B, D_m)}; modality dropout applies in training mode."""
-        present = self.modality_dropout(features, present)
-        return self.head(self.fusion(features, present))
 
     def modality_logits(self, features: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The logits each modality gives on its own: {name: (B, C)}, every other modality masked.
@@ -552,41 +545,6 @@ def modality_probes(model: JointModel, train_set, test_set, device, batch_size: 
 
 
 @torch.no_grad()
-def subset_accuracies(model: JointModel, loader, device, subsets=None) -> dict[tuple[str, ...], float]:
-    """Accuracy with only each subset of modalities present: {sorted subset: accuracy}.
-
-    The same numbers as :func:`mmcourse.robustness.missing_modality_table`, but every
-    batch goes through the encoders once and only the fusion and head run per
-    subset, so the table costs little more than one evaluation (the encoders
-    dominate the cost of an end-to-end model).
-
-    Args:
-        model: a :class:`JointModel` (anything with ``features``, ``classify`` and ``modalities``).
-        loader: yields ``(inputs, labels)``.
-        device: where the model runs.
-        subsets: sorted tuples of modality names (default: every non-empty subset, smallest first,
-            the order of :func:`mmcourse.data.bayes_table`).
-    """
-    mods = tuple(model.modalities)
-    subsets = [s for s in all_subsets(mods) if s] if subsets is None else [tuple(s) for s in subsets]
-    for s in subsets:
-        if not s or list(s) != sorted(set(s)) or not set(s) <= set(mods):
-            raise ValueError(f"each subset must be a non-empty sorted tuple of {mods}, got {s!r}")
-    model.eval()
-    correct, total = {s: torch.zeros((), device=device) for s in subsets}, 0
-    for inputs, labels in loader:
-        inputs, labels = to_device(inputs, device), labels.to(device)
-        with autocast(device):
-            features = model.features(inputs)
-            for s in subsets:
-                present = presence_without(len(labels), mods, [m for m in mods if m not in s], device)
-                correct[s] += (model.classify(features, present).argmax(1) == labels).sum()
-        total += len(labels)
-    if total == 0:
-        raise ValueError("the loader yielded no batches")
-    return {s: float(c) / total for s, c in correct.items()}
-
-
 def steps_to_reach(history, target: float, key: str = "dev_accuracy") -> int | None:
     """The first evaluated step at which ``history.metrics[key]`` reaches ``target`` (None if it never does)."""
     values = history.metrics[key] if hasattr(history, "metrics") else getattr(history, key)

@@ -7,19 +7,15 @@ import itertools
 
 import matplotlib.pyplot as plt
 import numpy as np
-import torch
 
 from .data.render import SPECTROGRAM_HOP
 from .glossary import PIPELINE_EDGES
-
-
-def _np(x) -> np.ndarray:
-    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+from .metrics import as_numpy
 
 
 def show_images(images, titles=(), ncols: int = 8, scale: float = 1.4):
     """A grid of images (N, 3, S, S), float in [0, 1] or uint8."""
-    images = _np(images)
+    images = as_numpy(images)
     n = len(images)
     nrows = max(1, -(-n // ncols))
     fig, axes = plt.subplots(nrows, ncols, figsize=(ncols * scale, nrows * scale * 1.15), squeeze=False)
@@ -36,7 +32,7 @@ def show_images(images, titles=(), ncols: int = 8, scale: float = 1.4):
 
 def plot_audio(waves, specs, titles, sample_rate: int, hop: int = SPECTROGRAM_HOP):
     """Waveforms (N, T) above their log-mel spectrograms (N, M, F), on one colour scale."""
-    waves, specs = _np(waves), _np(specs)
+    waves, specs = as_numpy(waves), as_numpy(specs)
     vmin, vmax = np.percentile(specs, [1, 99.5])  # shared, so loud and quiet clips compare
     n = len(waves)
     fig, axes = plt.subplots(2, n, figsize=(2.6 * n, 4.4), squeeze=False)
@@ -77,7 +73,7 @@ def plot_accuracy_bars(values: dict[str, float], highlight: str, title: str, ax=
 
 def plot_confusion(matrix, class_names, title: str = "Confusion matrix (rows: true class)", ax=None):
     """Row-normalised confusion matrix with counts in the cells."""
-    matrix = _np(matrix)
+    matrix = as_numpy(matrix)
     rates = matrix / np.maximum(matrix.sum(1, keepdims=True), 1)
     fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(6.5, 5.5))
     im = ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
@@ -165,7 +161,7 @@ def plot_sweep(x, panels: dict[str, dict[str, list]], xlabel: str, title: str,
         styles: per curve label, keyword arguments for ``Axes.plot`` (colour, line style).
         logx: logarithmic x axis.
     """
-    x = _np(x)
+    x = as_numpy(x)
     if not panels:
         raise ValueError("panels is empty: give at least one {y label: {curve label: values}}")
     unknown = set(hlines or {}) - set(panels)
@@ -174,7 +170,7 @@ def plot_sweep(x, panels: dict[str, dict[str, list]], xlabel: str, title: str,
     fig, axes = plt.subplots(1, len(panels), figsize=(4.3 * len(panels), 3.5), squeeze=False)
     for ax, (ylabel, curves) in zip(axes[0], panels.items()):
         for label, values in curves.items():
-            values = _np(values)
+            values = as_numpy(values)
             if values.shape != x.shape:
                 raise ValueError(f"curve {label!r} has shape {values.shape}, expected {x.shape} like x")
             ax.plot(x, values, marker="o", ms=3, label=label, **(styles or {}).get(label, {}))
@@ -361,7 +357,7 @@ def plot_scatter_grid(points, colour_by: dict[str, tuple], xlabel: str, ylabel: 
         ncols: panels per row (default: all in one row).
         colours: fixed colours for some category names (e.g. ``{"none": "0.6"}``); the others follow the cycle.
     """
-    xy = _np(points)
+    xy = as_numpy(points)
     if xy.ndim != 2 or xy.shape[1] != 2:
         raise ValueError(f"points must be (N, 2), got shape {xy.shape}")
     if not colour_by:
@@ -372,7 +368,7 @@ def plot_scatter_grid(points, colour_by: dict[str, tuple], xlabel: str, ylabel: 
     for ax in axes.flat[len(colour_by):]:
         ax.axis("off")
     for ax, (panel, (codes, names)) in zip(axes.flat, colour_by.items()):
-        codes = _np(codes)
+        codes = as_numpy(codes)
         if codes.shape != xy.shape[:1]:
             raise ValueError(f"panel {panel!r}: codes have shape {codes.shape}, expected ({len(xy)},) like points")
         for c, name in enumerate(names):

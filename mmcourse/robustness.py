@@ -29,8 +29,9 @@ import torch
 from torch import nn
 
 from .data.bayes import all_subsets
+from .data.dataset import to_device
 from .training import accuracy_on
-from .utils import uniform
+from .utils import autocast, uniform
 
 PresenceFn = Callable[[int, torch.device], torch.Tensor]  # (batch_size, device) -> (B, M) bool
 CorruptFn = Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]]
@@ -299,22 +300,42 @@ def _modalities_of(model: nn.Module, modalities) -> tuple[str, ...]:
 
 
 def missing_modality_table(model: nn.Module, loader, modalities: Sequence[str] | None,
-                           device) -> dict[tuple[str, ...], float]:
-    """Accuracy with only each non-empty subset of modalities present, the others masked.
+                           device, subsets: Sequence[Sequence[str]] | None = None) -> dict[tuple[str, ...], float]:
+    """Accuracy with only each subset of modalities present, the others masked: {sorted subset: accuracy}.
 
-    Keys are sorted subsets, smallest first, as in :func:`mmcourse.data.bayes.bayes_table`,
-    so each entry can be set beside its exact Bayes limit.
+    Keys are sorted subsets, by default every non-empty one, smallest first, as in
+    :func:`mmcourse.data.bayes.bayes_table`, so each entry can be set beside its exact
+    Bayes limit. A model with ``features(inputs)`` and ``classify(features, present)``
+    (:class:`mmcourse.fusion.FusionModel` and its subclasses) runs its encoders once per
+    batch and only the fusion and head per subset, so the whole table costs little more
+    than one evaluation; any other model is called as ``model(inputs, present)`` per subset.
 
     Args:
         modalities: the model's sorted modality names (``None``: ``model.modalities``).
+        subsets: the subsets to score, each a sorted tuple of names (default: all non-empty ones).
     """
     mods = _modalities_of(model, modalities)
-    table = {}
-    for subset in all_subsets(mods)[1:]:  # the empty subset comes first
-        missing = tuple(m for m in mods if m not in subset)
-        table[subset] = evaluate(model, loader, device,
-                                 present_fn=functools.partial(_masked_without, missing, mods))
-    return table
+    subsets = [s for s in all_subsets(mods) if s] if subsets is None else [tuple(s) for s in subsets]
+    for s in subsets:
+        if not s or list(s) != sorted(set(s)) or not set(s) <= set(mods):
+            raise ValueError(f"each subset must be a non-empty sorted tuple of {mods}, got {s!r}")
+    if not (hasattr(model, "features") and hasattr(model, "classify")):
+        return {s: evaluate(model, loader, device, present_fn=functools.partial(
+                    _masked_without, tuple(m for m in mods if m not in s), mods)) for s in subsets}
+    model.eval()
+    correct, total = {s: torch.zeros((), device=device) for s in subsets}, 0
+    with torch.no_grad():
+        for inputs, labels in loader:
+            inputs, labels = to_device(inputs, device), labels.to(device)
+            with autocast(device):
+                features = model.features(inputs)
+                for s in subsets:
+                    present = presence_without(len(labels), mods, [m for m in mods if m not in s], device)
+                    correct[s] += (model.classify(features, present).argmax(1) == labels).sum()
+            total += len(labels)
+    if total == 0:
+        raise ValueError("the loader yielded no batches")
+    return {s: float(c) / total for s, c in correct.items()}
 
 
 def _masked_without(missing, modalities, batch_size: int, device) -> torch.Tensor:

@@ -19,7 +19,7 @@ from mmcourse.encoders import encode, make_encoder
 from mmcourse.joint import (MINING_MODES, AnnotatedDataset, GradientModulation, ITMHead, JointModel, MultitaskLoss,
                             embed_pairs, identical_rows, itm_scores,
                             mine_hard_negatives, modality_probes,
-                            modality_scores, ogm_coefficients, steps_to_reach, subset_accuracies)
+                            modality_scores, ogm_coefficients, steps_to_reach)
 from mmcourse.pretrain import linear_probe_accuracy
 from mmcourse.robustness import missing_modality_table
 from mmcourse.training import History, TrainConfig, train
@@ -404,14 +404,23 @@ def test_modality_probes_are_linear_probes_of_each_encoder(small_dataset):
         assert acc == linear_probe_accuracy(x, small_dataset.labels[:300], xt, small_dataset.labels[300:500]), m
 
 
-def test_subset_accuracies_equal_the_missing_modality_table(small_dataset):
+def test_the_encode_once_table_equals_masking_each_subset_through_forward(small_dataset):
+    class ForwardOnly(torch.nn.Module):       # hides features/classify: the table calls model(inputs, present)
+        def __init__(self, model):
+            super().__init__()
+            self.model, self.modalities = model, model.modalities
+
+        def forward(self, inputs, present=None):
+            return self.model(inputs, present)
+
     model = _model(modality_dropout=0.5)
     loader = make_loader(torch.utils.data.Subset(small_dataset, range(100)), 32)
-    table = missing_modality_table(model, loader, None, "cpu")
-    assert subset_accuracies(model, loader, "cpu") == table
-    assert list(subset_accuracies(model, loader, "cpu", [("image",), ("audio", "text")])) == [("image",), ("audio", "text")]
+    table = missing_modality_table(ForwardOnly(model), loader, None, "cpu")
+    assert missing_modality_table(model, loader, None, "cpu") == table
+    chosen = missing_modality_table(model, loader, None, "cpu", [("image",), ("audio", "text")])
+    assert list(chosen) == [("image",), ("audio", "text")]
     with pytest.raises(ValueError, match="non-empty sorted tuple"):
-        subset_accuracies(model, loader, "cpu", [("text", "audio")])
+        missing_modality_table(model, loader, None, "cpu", [("text", "audio")])
 
 
 def test_embed_pairs_and_itm_scores_against_a_loop(world, small_dataset):
