@@ -142,13 +142,17 @@ class TransformerTextEncoder(_TextEncoder):
         layer = nn.TransformerEncoderLayer(dim, heads, 2 * dim, dropout, batch_first=True, norm_first=True)
         self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(dim)
+        self.prompt = None   # prompt tuning (mmcourse.adapt.add_prompts) sets learnable tokens here
 
     def tokens(self, ids):
         x, mask = self._embed(ids)
         x = x + self.position[:, : x.shape[1]]
         attend = mask.clone()
         attend[:, 0] |= ~mask.any(1)        # a caption of padding only attends to its first slot (else NaN)
-        return self.norm(self.encoder(x, src_key_padding_mask=~attend)), mask
+        if self.prompt is not None:         # prompts attend like tokens, then leave: outputs stay aligned with ids
+            x, attend = self.prompt.prepend(x, attend)
+        h = self.norm(self.encoder(x, src_key_padding_mask=~attend))
+        return (self.prompt.strip(h) if self.prompt is not None else h), mask
 
 
 # ----------------------------------------------------------------------------- image

@@ -167,13 +167,17 @@ class ConcatFusion(Fusion):
     Args:
         in_dims: name -> D_m.
         hidden: H.
-        layers: number of Linear + ReLU layers (1: the article's fusion layer).
+        layers: number of Linear + ReLU layers (1: the article's fusion layer; 0: none, the output is
+            the concatenation itself, width sum D_m + M, so that the model's head is a linear probe).
     """
 
     def __init__(self, in_dims: Mapping[str, int], hidden: int, layers: int = 1):
-        super().__init__(in_dims, hidden)
+        if not isinstance(layers, int) or isinstance(layers, bool) or layers < 0:
+            raise ValueError(f"layers must be an int >= 0, got {layers!r}")
+        width = sum(in_dims.values()) + len(in_dims) if isinstance(in_dims, Mapping) else hidden
+        super().__init__(in_dims, hidden if layers else width)
         self.missing = nn.ParameterDict({m: _embedding(d) for m, d in self.in_dims.items()})
-        widths = [sum(self.in_dims.values()) + len(self.modalities)] + [hidden] * _positive_int(layers, "layers")
+        widths = [sum(self.in_dims.values()) + len(self.modalities)] + [hidden] * layers
         self.mlp = nn.Sequential(*[layer for a, b in zip(widths, widths[1:]) for layer in (nn.Linear(a, b), nn.ReLU())])
 
     def fuse(self, feats, present):

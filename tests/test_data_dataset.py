@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from mmcourse.data.dataset import (MultimodalDataset, Split, collate, generate, make_loader, make_splits,
+from mmcourse.data.dataset import (MultimodalDataset, Split, collate, generate, make_loader, make_splits, subset,
                                    to_device)
 from mmcourse.data.text import PAD_ID
 from mmcourse.data.world import ATTRIBUTES, World
@@ -171,3 +171,23 @@ def test_to_device_moves_nested_containers(small_dataset):
 def test_to_device_rejects_unsupported_types(obj, name):
     with pytest.raises(TypeError, match=f"cannot move an object of type {name} to a device"):
         to_device(obj, "cpu")
+
+
+def test_subset_by_indices_mask_and_slice(small_dataset):
+    rows = np.array([5, 0, 3])
+    part = subset(small_dataset, rows)
+    assert len(part) == 3
+    assert torch.equal(part.images, small_dataset.images[rows])
+    assert torch.equal(part.labels, small_dataset.labels[rows])
+    assert np.array_equal(part.scenes.attrs["shape"], small_dataset.scenes.attrs["shape"][rows])
+    mask = np.zeros(len(small_dataset), bool)
+    mask[[1, 2]] = True
+    assert torch.equal(subset(small_dataset, mask).audio, small_dataset.audio[1:3])
+    assert torch.equal(subset(small_dataset, slice(2, 4)).text, small_dataset.text[2:4])
+    with pytest.raises(IndexError, match="outside \\[0, "):
+        subset(small_dataset, [len(small_dataset)])
+
+
+def test_make_loader_can_pin_memory(small_dataset):
+    assert make_loader(small_dataset, 4, pin_memory=True).pin_memory
+    assert not make_loader(small_dataset, 4).pin_memory

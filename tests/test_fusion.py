@@ -11,8 +11,8 @@ from torch import nn
 
 from mmcourse.data import make_loader
 from mmcourse.data.text import PAD_ID
-from mmcourse.fusion import (FUSIONS, BagOfWords, CrossAttentionFusion, FeatureDataset, FiLMFusion, FusionModel,
-                             LowRankFusion, TensorFusion, make_fusion)
+from mmcourse.fusion import (FUSIONS, BagOfWords, ConcatFusion, CrossAttentionFusion, FeatureDataset, FiLMFusion,
+                             FusionModel, LowRankFusion, TensorFusion, make_fusion)
 from mmcourse.training import fit
 
 DIMS = {"audio": 5, "image": 7, "text": 3}
@@ -358,3 +358,15 @@ def test_standardize_uses_the_reference_statistics():
     other = FeatureDataset({"b": torch.ones(3, 4), "c": torch.ones(3, 1)}, torch.zeros(3, dtype=torch.long))
     with pytest.raises(ValueError, match=re.escape("unknown: ['c'], missing: ['a']")):
         other.standardize(train)
+
+
+def test_concat_fusion_without_layers_is_the_plain_concatenation():
+    fusion = ConcatFusion({"a": 3, "b": 2}, hidden=7, layers=0)
+    assert fusion.out_dim == 3 + 2 + 2 and len(fusion.mlp) == 0
+    a, b = torch.randn(4, 3), torch.randn(4, 2)
+    present = torch.tensor([[True, True], [True, False], [False, True], [True, True]])
+    out = fusion({"a": a, "b": b}, present)
+    assert torch.equal(out[0], torch.cat([a[0], b[0], torch.ones(2)]))
+    assert torch.equal(out[1, 3:5], fusion.missing["b"].detach())
+    with pytest.raises(ValueError, match="layers must be an int >= 0, got -1"):
+        ConcatFusion({"a": 3}, hidden=7, layers=-1)

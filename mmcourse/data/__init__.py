@@ -8,7 +8,7 @@ tags), ``bayes`` (exact Bayes limits), ``dataset`` (tensors, batching),
 """
 from .bayes import BayesClassifier, all_subsets, bayes_accuracy, bayes_classifier, bayes_table
 from .conll import read_conll, write_conll
-from .dataset import MultimodalDataset, Split, collate, generate, make_loader, make_splits, take, to_device
+from .dataset import MultimodalDataset, Split, collate, generate, make_loader, make_splits, subset, take, to_device
 from .matching import annotate, caption_fits, caption_fits_image, match_evidence
 from .manifest import load_manifest, read_manifest, write_manifest
 from .render import log_mel_spectrogram, render_audio, render_images
@@ -22,6 +22,6 @@ __all__ = [
     "MultimodalDataset", "Scenes", "Split", "Tokenizer", "Vocab", "World", "WorldConfig", "all_subsets", "bag_of_words",
     "annotate", "bayes_accuracy", "bayes_classifier", "bayes_table", "caption_fits", "caption_fits_image", "collate", "generate", "generate_captions",
     "load_manifest", "log_mel_spectrogram", "make_loader", "make_splits", "match_evidence", "observation_model",
-    "read_conll", "read_manifest", "register_label_rule", "render_audio", "render_images", "take", "to_device", "write_conll",
+    "read_conll", "read_manifest", "register_label_rule", "render_audio", "render_images", "subset", "take", "to_device", "write_conll",
     "write_manifest",
 ]

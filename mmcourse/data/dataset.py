@@ -94,8 +94,24 @@ def take(dataset: MultimodalDataset, n: int) -> MultimodalDataset:
     """The first ``n`` scenes of a generated dataset, as a dataset sharing its memory (scenes included)."""
     if not isinstance(n, int) or n < 1:
         raise ValueError(f"n must be a positive int, got {n!r}")
-    return MultimodalDataset(dataset.scenes[:n], dataset.images[:n].numpy(), dataset.text[:n].numpy(),
-                             dataset.tags[:n].numpy(), dataset.audio[:n].numpy(), dataset.class_names)
+    return subset(dataset, slice(0, n))
+
+
+def subset(dataset: MultimodalDataset, index) -> MultimodalDataset:
+    """The scenes of ``dataset`` selected by a slice, an index array (N',) or a boolean mask (N,).
+
+    A slice shares the memory of ``dataset``; an index array copies the rows.
+
+    Raises:
+        IndexError: for an index outside the dataset.
+    """
+    if not isinstance(index, slice):
+        index = np.asarray(index)
+        if index.dtype != bool and index.size and (index.min() < -len(dataset) or index.max() >= len(dataset)):
+            raise IndexError(f"index holds values outside [0, {len(dataset)}): min {index.min()}, max {index.max()}")
+    rows = index if isinstance(index, slice) else torch.from_numpy(index)
+    return MultimodalDataset(dataset.scenes[index], dataset.images[rows].numpy(), dataset.text[rows].numpy(),
+                             dataset.tags[rows].numpy(), dataset.audio[rows].numpy(), dataset.class_names)
 
 
 def generate(world: World, n: int, seed: int) -> MultimodalDataset:
@@ -134,13 +150,19 @@ def collate(batch):
     return dict(sorted(out.items())), torch.stack([b[1] for b in batch])
 
 
-def make_loader(dataset: Dataset, batch_size: int, shuffle: bool = False, seed: int = 0) -> DataLoader:
-    """A ``DataLoader`` with the course's collate and a seeded shuffle."""
+def make_loader(dataset: Dataset, batch_size: int, shuffle: bool = False, seed: int = 0,
+                pin_memory: bool = False) -> DataLoader:
+    """A ``DataLoader`` with the course's collate and a seeded shuffle.
+
+    ``pin_memory=True`` puts each batch in page-locked host memory, so that
+    :func:`to_device` (``non_blocking=True``) copies it to a GPU asynchronously;
+    pass ``device.type == "cuda"`` (pinning without a GPU only costs time).
+    """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     generator = torch.Generator().manual_seed(seed)
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, collate_fn=collate,
-                      generator=generator)
+                      generator=generator, pin_memory=pin_memory)
 
 
 def to_device(batch, device):

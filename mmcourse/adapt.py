@@ -1,0 +1,526 @@
+"""Stage 3: adapting a pretrained model to a downstream task.
+
+The article's third stage fine-tunes the jointly trained model on a specific task,
+"adjusting the top layers". This module offers that and the parameter-efficient
+alternatives that grew out of it, all working in place on any ``nn.Module``
+(the course's models and a Hugging Face ``BertModel`` alike):
+
+- ``linear_probe``: the pretrained part frozen, only the new head trained;
+- ``top_layers``: the head plus the last layer of each encoder;
+- ``full``: every parameter (full fine-tuning);
+- ``lora``: low-rank updates ``W + (alpha / r) B A`` of frozen weights (Hu et al. 2021);
+- ``adapters``: bottleneck MLPs with a residual after frozen modules (Houlsby et al. 2019);
+- ``prompt``: learnable prompt tokens prepended to a frozen Transformer's input (Lester et al. 2021).
+
+LoRA's B, the adapters' up-projection start at zero, so every method starts from
+exactly the pretrained function; :func:`prepare` reports the trainable parameters.
+
+Also here: the downstream task's data (:func:`downstream_data`, label rule
+``size_and_material``), :func:`few_shot` subsets, and :func:`make_downstream_model`.
+
+Shape letters: B batch, L tokens, P prompt tokens, D width, r rank.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from .config import Profile, get_profile
+from .data.dataset import MultimodalDataset, Split, make_splits, subset
+from .data.world import SIZE_AND_MATERIAL, World, WorldConfig
+from .fusion import FusionModel, make_fusion
+from .models import count_parameters
+
+METHODS = ("linear_probe", "top_layers", "full", "lora", "adapters", "prompt")
+LORA_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d)
+PROMPT_INIT_STD = 0.02     # prompt tokens start small and random, like token embeddings
+
+
+def trainable_parameters(module: nn.Module) -> int:
+    """Number of parameter elements with ``requires_grad`` (what an optimizer would update)."""
+    return count_parameters(module, trainable_only=True)
+
+
+def _modules(root: nn.Module, names, what: str) -> dict[str, nn.Module]:
+    """{name: submodule} for ``names`` (a list of submodule names of ``root``), with a clear error for an unknown one."""
+    if isinstance(names, str):
+        raise TypeError(f"{what} must be a list of module names, got the str {names!r}")
+    found = {}
+    for name in names:
+        try:
+            found[name] = root.get_submodule(name)
+        except AttributeError:
+            raise ValueError(f"{what}: {type(root).__name__} has no submodule {name!r}") from None
+    return found
+
+
+# ----------------------------------------------------------------------------- LoRA
+
+class LoRA(nn.Module):
+    """A low-rank update of a weight, used as a ``torch.nn.utils.parametrize`` parametrization.
+
+    ``weight -> weight + (alpha / rank) * (B @ A).view_as(weight)`` with A (r, fan_in) and
+    B (fan_out, r); fan_in = the weight's elements per output row (in_features, or
+    in_channels x kernel for a convolution). A starts random (as ``nn.Linear`` does),
+    B at zero, so the parametrized weight starts exactly equal to the original.
+    """
+
+    def __init__(self, weight: torch.Tensor, rank: int, alpha: float | None = None):
+        super().__init__()
+        if not isinstance(rank, int) or isinstance(rank, bool) or rank < 1:
+            raise ValueError(f"rank must be an int >= 1, got {rank!r}")
+        if weight.dim() < 2:
+            raise ValueError(f"LoRA needs a weight with >= 2 dims, got shape {tuple(weight.shape)}")
+        fan_out, fan_in = weight.shape[0], weight[0].numel()
+        self.rank, self.alpha = rank, float(rank if alpha is None else alpha)
+        self.A = nn.Parameter(torch.empty(rank, fan_in, device=weight.device))
+        nn.init.kaiming_uniform_(self.A, a=math.sqrt(5))
+        self.B = nn.Parameter(torch.zeros(fan_out, rank, device=weight.device))
+
+    @property
+    def scale(self) -> float:
+        return self.alpha / self.rank
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        return weight + (self.scale * (self.B @ self.A)).view_as(weight).to(weight.dtype)
+
+    def extra_repr(self) -> str:
+        return f"rank={self.rank}, alpha={self.alpha:g}"
+
+
+def add_lora(module: nn.Module, rank: int = 4, alpha: float | None = None, targets: Sequence[str] | None = None
+             ) -> list[str]:
+    """Add a :class:`LoRA` update to the ``weight`` of each target layer; freeze those weights.
+
+    Args:
+        module: any model (adapted in place).
+        rank: r.
+        alpha: the update is scaled by alpha / r (None: alpha = r, scale 1).
+        targets: submodule names to adapt (each with a ``weight`` of >= 2 dims); None: every
+            ``nn.Linear``, ``nn.Conv1d`` and ``nn.Conv2d`` of ``module`` (already adapted ones skipped).
+
+    Returns:
+        The names of the adapted submodules. Only the wrapped weights are frozen here;
+        :func:`prepare` freezes the rest of a pretrained backbone.
+    """
+    if targets is None:
+        chosen = {n: m for n, m in module.named_modules() if isinstance(m, LORA_LAYERS)
+                  and not parametrize.is_parametrized(m, "weight")}
+    else:
+        chosen = _modules(module, targets, "targets")
+    for name, layer in chosen.items():
+        weight = getattr(layer, "weight", None)
+        if not isinstance(weight, torch.Tensor) or weight.dim() < 2:
+            raise ValueError(f"targets: {name!r} ({type(layer).__name__}) has no weight matrix for LoRA")
+        if parametrize.is_parametrized(layer, "weight"):
+            raise ValueError(f"targets: {name!r} already has a parametrized weight (LoRA added twice?)")
+        parametrize.register_parametrization(layer, "weight", LoRA(weight, rank, alpha))
+        layer.parametrizations.weight.original.requires_grad_(False)
+    return list(chosen)
+
+
+def _lora_layers(module: nn.Module):
+    for name, layer in module.named_modules():
+        if parametrize.is_parametrized(layer, "weight") and any(
+                isinstance(p, LoRA) for p in layer.parametrizations.weight):
+            yield name, layer
+
+
+def lora_parameters(module: nn.Module) -> list[nn.Parameter]:
+    """The A and B matrices of every LoRA update in ``module``."""
+    return [p for _, layer in _lora_layers(module) for lora in layer.parametrizations.weight
+            if isinstance(lora, LoRA) for p in (lora.A, lora.B)]
+
+
+def merge_lora(module: nn.Module) -> nn.Module:
+    """Fold every LoRA update into its weight (W <- W + scale B A): plain layers again, same outputs, no extra cost.
+
+    The merged weights keep the frozen/trainable flag of the original ones. Returns ``module``.
+    """
+    for _, layer in list(_lora_layers(module)):
+        trainable = layer.parametrizations.weight.original.requires_grad
+        with torch.no_grad():
+            parametrize.remove_parametrizations(layer, "weight", leave_parametrized=True)
+        layer.weight.requires_grad_(trainable)
+    return module
+
+
+# ----------------------------------------------------------------------------- adapters
+
+class Adapter(nn.Module):
+    """A bottleneck adapter: ``h -> h + up(gelu(down(h)))`` over the feature dimension.
+
+    ``up`` starts at zero, so the adapter starts as the identity.
+
+    Args:
+        dim: D, the width of the features it adapts.
+        bottleneck: the hidden width (D -> bottleneck -> D).
+        channel_dim: where D lies in the input: -1 (last, e.g. (B, D) or (B, L, D)) or 1
+            (channels first, e.g. a convolution's (B, D, H, W)).
+    """
+
+    def __init__(self, dim: int, bottleneck: int = 16, channel_dim: int = -1):
+        super().__init__()
+        for value, name in ((dim, "dim"), (bottleneck, "bottleneck")):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        if channel_dim not in (-1, 1):
+            raise ValueError(f"channel_dim must be -1 or 1, got {channel_dim!r}")
+        self.dim, self.channel_dim = dim, channel_dim
+        self.down = nn.Linear(dim, bottleneck)
+        self.up = nn.Linear(bottleneck, dim)
+        nn.init.zeros_(self.up.weight)
+        nn.init.zeros_(self.up.bias)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        x = h.movedim(1, -1) if self.channel_dim == 1 else h
+        if x.shape[-1] != self.dim:
+            raise ValueError(f"the adapter expects {self.dim} features along dim {self.channel_dim}, "
+                             f"got shape {tuple(h.shape)}")
+        x = x + self.up(nn.functional.gelu(self.down(x)))
+        return x.movedim(-1, 1) if self.channel_dim == 1 else x
+
+
+class Adapted(nn.Module):
+    """A module followed by an :class:`Adapter` on its output (on ``output[0]`` when it returns a tuple).
+
+    Attributes of the wrapped module that code commonly reads (``out_dim``, ``modality``) are copied.
+    """
+
+    def __init__(self, inner: nn.Module, adapter: Adapter):
+        super().__init__()
+        self.inner, self.adapter = inner, adapter
+        for attr in ("out_dim", "modality"):
+            if hasattr(inner, attr):
+                setattr(self, attr, getattr(inner, attr))
+
+    def forward(self, *args, **kwargs):
+        out = self.inner(*args, **kwargs)
+        if isinstance(out, tuple):
+            return (self.adapter(out[0]), *out[1:])
+        return self.adapter(out)
+
+
+def _output_dim(layer: nn.Module) -> tuple[int, int] | None:
+    """(D, channel_dim) of a module's output, when it can be told from the module."""
+    if isinstance(getattr(layer, "out_dim", None), int):
+        return layer.out_dim, -1
+    if isinstance(layer, nn.Linear):
+        return layer.out_features, -1
+    if isinstance(layer, (nn.Conv1d, nn.Conv2d)):
+        return layer.out_channels, 1
+    hidden = getattr(getattr(layer, "config", None), "hidden_size", None)
+    return (hidden, -1) if isinstance(hidden, int) else None
+
+
+def _replace(root: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = root.get_submodule(parent_name) if parent_name else root
+    setattr(parent, child, new) if not isinstance(parent, (nn.ModuleList, nn.Sequential)) or not child.isdigit() \
+        else parent.__setitem__(int(child), new)
+
+
+def add_adapters(module: nn.Module, targets: Sequence[str], bottleneck: int = 16,
+                 dims: Mapping[str, int] | None = None) -> list[str]:
+    """Put an :class:`Adapter` after each target submodule (it becomes ``Adapted(inner, adapter)``).
+
+    Args:
+        module: any model (adapted in place).
+        targets: submodule names; the adapter width comes from ``dims[name]``, else the module's
+            ``out_dim`` / ``out_features`` / ``out_channels`` (channels first) / ``config.hidden_size``.
+        bottleneck: the adapters' hidden width.
+        dims: optional {name: D}.
+
+    Returns:
+        The names of the wrapped submodules.
+    """
+    dims = dict(dims or {})
+    chosen = _modules(module, targets, "targets")
+    if not chosen:
+        raise ValueError("targets is empty: name at least one module to put an adapter after")
+    for name, layer in chosen.items():
+        if name == "":
+            raise ValueError("targets: the root module cannot be wrapped; name its submodules")
+        shape = (dims[name], -1) if name in dims else _output_dim(layer)
+        if shape is None:
+            raise ValueError(f"targets: cannot tell the output width of {name!r} ({type(layer).__name__}); "
+                             f"pass dims={{{name!r}: D}}")
+        _replace(module, name, Adapted(layer, Adapter(shape[0], bottleneck, shape[1])))
+    return list(chosen)
+
+
+# ----------------------------------------------------------------------------- prompt tuning
+
+class PromptTuning(nn.Module):
+    """P learnable prompt vectors prepended to a token sequence.
+
+    A token encoder that supports prompt tuning has a ``prompt`` attribute (None by default);
+    when it holds a ``PromptTuning`` the encoder calls :meth:`prepend` on its input embeddings
+    (and mask) and :meth:`strip` on its outputs, so the prompts steer attention while the
+    outputs stay aligned with the input tokens.
+    """
+
+    def __init__(self, n_tokens: int, dim: int):
+        super().__init__()
+        for value, name in ((n_tokens, "n_tokens"), (dim, "dim")):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        self.prompts = nn.Parameter(torch.randn(n_tokens, dim) * PROMPT_INIT_STD)
+
+    @property
+    def n_tokens(self) -> int:
+        return self.prompts.shape[0]
+
+    def prepend(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, L, D), (B, L) bool -> (B, P + L, D), (B, P + L) with the prompts first (always attended)."""
+        if x.dim() != 3 or x.shape[-1] != self.prompts.shape[1] or mask.shape != x.shape[:2]:
+            raise ValueError(f"expected x (B, L, {self.prompts.shape[1]}) and mask (B, L), "
+                             f"got {tuple(x.shape)} and {tuple(mask.shape)}")
+        b = x.shape[0]
+        prompts = self.prompts.to(x.dtype).unsqueeze(0).expand(b, -1, -1)
+        keep = torch.ones(b, self.n_tokens, dtype=mask.dtype, device=mask.device)
+        return torch.cat([prompts, x], 1), torch.cat([keep, mask], 1)
+
+    def strip(self, h: torch.Tensor) -> torch.Tensor:
+        """(B, P + L, D) -> (B, L, D): the outputs at the real tokens."""
+        return h[:, self.n_tokens:]
+
+
+def add_prompts(module: nn.Module, n_tokens: int = 8) -> list[str]:
+    """Give every submodule with a ``prompt`` slot (token encoders supporting it) ``n_tokens`` learnable prompts.
+
+    The prompt width is the module's ``prompt_dim`` if it has one, else its ``out_dim``.
+
+    Returns:
+        The names of the prompted submodules.
+
+    Raises:
+        ValueError: if no submodule supports prompt tuning.
+    """
+    names = []
+    for name, sub in module.named_modules():
+        if hasattr(sub, "prompt") and not isinstance(sub, PromptTuning):
+            dim = getattr(sub, "prompt_dim", None) or getattr(sub, "out_dim", None)
+            if not isinstance(dim, int):
+                raise ValueError(f"{name!r} has a prompt slot but no prompt_dim/out_dim")
+            sub.prompt = PromptTuning(n_tokens, dim).to(next(sub.parameters()).device)
+            names.append(name)
+    if not names:
+        raise ValueError(f"{type(module).__name__} has no token encoder with a `prompt` slot: prompt tuning needs a "
+                         f"Transformer over tokens (e.g. encoders.TransformerTextEncoder or minilm.MiniLMTextEncoder); "
+                         f"a bag-of-words or CNN encoder has nowhere to put prompt tokens")
+    return names
+
+
+# ----------------------------------------------------------------------------- methods
+
+@dataclass(frozen=True)
+class AdaptReport:
+    """What :func:`prepare` did: the method, trainable and total parameter elements, the modules it added to."""
+
+    method: str
+    trainable: int
+    total: int
+    added: tuple[str, ...] = ()
+
+    @property
+    def fraction(self) -> float:
+        """Trainable share of all parameters."""
+        return self.trainable / self.total if self.total else 0.0
+
+    def __str__(self) -> str:
+        return f"{self.method:<13} {self.trainable:>11,} trainable of {self.total:>11,} ({self.fraction:7.2%})"
+
+
+def _freeze_batchnorm_stats(module: nn.Module, _args) -> None:
+    module.training = False   # a frozen BatchNorm normalises with its pretrained running statistics
+
+
+def _keep_frozen_norms_in_eval(body: nn.Module) -> None:
+    for layer in body.modules():
+        if isinstance(layer, nn.modules.batchnorm._BatchNorm) and not any(
+                p.requires_grad for p in layer.parameters(recurse=False)):
+            layer.register_forward_pre_hook(_freeze_batchnorm_stats)
+
+
+def last_layers(body: nn.Module) -> list[str]:
+    """For each direct child of ``body``, the name of its last submodule that holds parameters itself.
+
+    These are the "top layers" of each encoder (e.g. ``image.project``, ``text.mlp.2``).
+    """
+    names = []
+    for child_name, child in body.named_children():
+        last = None
+        for name, sub in child.named_modules():
+            if any(True for _ in sub.parameters(recurse=False)):
+                last = name
+        if last is not None:
+            names.append(f"{child_name}.{last}" if last else child_name)
+    return names
+
+
+def prepare(model: nn.Module, method: str, *, backbone: str = "encoders", top: Sequence[str] | None = None,
+            rank: int = 4, alpha: float | None = None, lora_targets: Sequence[str] | None = None,
+            bottleneck: int = 16, adapter_targets: Sequence[str] | None = None, prompt_tokens: int = 8
+            ) -> AdaptReport:
+    """Set ``model`` up (in place) for one adaptation method; return what is trained.
+
+    The parameters under ``backbone`` are the pretrained part; every other parameter is the new
+    task head and stays trainable. Names in ``top``, ``lora_targets`` and ``adapter_targets``
+    are relative to the backbone. Frozen BatchNorm layers keep their running statistics: they
+    normalise in eval mode even while the model trains.
+
+    Args:
+        model: e.g. :func:`make_downstream_model`'s model (adapted in place).
+        method: one of :data:`METHODS`.
+        backbone: the submodule name of the pretrained part ("" = the whole model).
+        top: ``top_layers``: modules trained besides the head (default :func:`last_layers`).
+        rank, alpha, lora_targets: ``lora``: see :func:`add_lora` (default targets: every
+            Linear/Conv layer of the backbone).
+        bottleneck, adapter_targets: ``adapters``: see :func:`add_adapters` (default targets:
+            each direct child of the backbone, e.g. every encoder).
+        prompt_tokens: ``prompt``: see :func:`add_prompts`.
+
+    Raises:
+        ValueError: for an unknown method or backbone, or a model already prepared.
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; valid: {', '.join(METHODS)}")
+    if getattr(model, "adaptation", None) is not None:
+        raise ValueError(f"the model is already prepared for {model.adaptation!r}; start from a fresh copy")
+    try:
+        body = model.get_submodule(backbone) if backbone else model
+    except AttributeError:
+        raise ValueError(f"backbone: {type(model).__name__} has no submodule {backbone!r}") from None
+    in_body = {id(p) for p in body.parameters()}
+    added: list[str] = []
+    body.requires_grad_(method == "full")
+    if method == "top_layers":
+        names = last_layers(body) if top is None else list(top)
+        for layer in _modules(body, names, "top").values():
+            layer.requires_grad_(True)
+        added = names
+    elif method == "lora":
+        added = add_lora(body, rank, alpha, lora_targets)
+    elif method == "adapters":
+        names = [n for n, _ in body.named_children()] if adapter_targets is None else list(adapter_targets)
+        added = add_adapters(body, names, bottleneck)
+    elif method == "prompt":
+        added = add_prompts(body, prompt_tokens)
+    for p in model.parameters():
+        if id(p) not in in_body:       # the task head, and what the method added (LoRA, adapters, prompts)
+            p.requires_grad_(True)
+    _keep_frozen_norms_in_eval(body)
+    model.adaptation = method
+    return AdaptReport(method, trainable_parameters(model), count_parameters(model), tuple(added))
+
+
+# ----------------------------------------------------------------------------- the downstream task
+
+@dataclass(frozen=True)
+class Stage3Config:
+    """How the downstream task is sized and trained in a profile.
+
+    Attributes:
+        train_size: labelled training scenes generated (few-shot subsets are drawn from them).
+        dev_size, test_size: evaluation scenes.
+        steps: optimizer steps of one adaptation run.
+        batch_size: scenes per step.
+        lr: peak learning rate (warm-up, cosine decay).
+    """
+
+    train_size: int
+    dev_size: int
+    test_size: int
+    steps: int
+    batch_size: int = 64
+    lr: float = 2e-3
+
+
+STAGE3 = {
+    "smoke": Stage3Config(train_size=2000, dev_size=500, test_size=1000, steps=40),
+    "default": Stage3Config(train_size=8000, dev_size=2000, test_size=5000, steps=300),
+    "full": Stage3Config(train_size=40000, dev_size=5000, test_size=20000, steps=1500, batch_size=256),
+}
+
+
+def stage3_config(profile: Profile | str) -> Stage3Config:
+    """The :class:`Stage3Config` of a profile (or profile name)."""
+    profile = profile if isinstance(profile, Profile) else get_profile(profile)
+    if profile.name not in STAGE3:
+        raise ValueError(f"no stage-3 settings for profile {profile.name!r}; known: {list(STAGE3)}")
+    return STAGE3[profile.name]
+
+
+def downstream_world(profile: Profile | str) -> World:
+    """The profile's world with chapter 08's label rule (``size_and_material``, 8 classes)."""
+    profile = profile if isinstance(profile, Profile) else get_profile(profile)
+    return World(WorldConfig(image_size=profile.image_size, label_rule=SIZE_AND_MATERIAL.name))
+
+
+def downstream_data(profile: Profile | str, seed: int) -> dict[str, MultimodalDataset]:
+    """Train/dev/test splits of the downstream task, sized by :func:`stage3_config`.
+
+    The scenes come from the same world as stages 1 and 2 (the same seed gives the same
+    dev and test scenes as :func:`mmcourse.pretrain.stage1_data`); only the labels are new.
+    """
+    cfg = stage3_config(profile)
+    return make_splits(downstream_world(profile), Split(cfg.train_size, cfg.dev_size, cfg.test_size), seed)
+
+
+def few_shot(dataset: MultimodalDataset, per_class: int, seed: int = 0) -> MultimodalDataset:
+    """``per_class`` scenes of every class: the first ones of each class in a seeded permutation.
+
+    The subsets are nested: the 5-per-class set of a seed contains its 1-per-class set.
+
+    Raises:
+        ValueError: if ``per_class`` < 1 or a class has fewer scenes than that.
+    """
+    if not isinstance(per_class, int) or isinstance(per_class, bool) or per_class < 1:
+        raise ValueError(f"per_class must be an int >= 1, got {per_class!r}")
+    labels = dataset.labels.numpy()
+    order = np.random.default_rng(seed).permutation(len(labels))
+    picked = []
+    for c in range(len(dataset.class_names)):
+        rows = order[labels[order] == c][:per_class]
+        if len(rows) < per_class:
+            raise ValueError(f"class {c} ({dataset.class_names[c]!r}) has only {len(rows)} scenes, "
+                             f"fewer than per_class={per_class}")
+        picked.append(rows)
+    return subset(dataset, np.sort(np.concatenate(picked)))
+
+
+def make_downstream_model(stage1: nn.Module | None, num_classes: int, fusion: str = "concat", layers: int = 0,
+                          hidden: int = 64) -> FusionModel:
+    """A classifier for the downstream task on top of stage-1 (or stage-2) encoders.
+
+    Args:
+        stage1: a model with an ``encoders`` ModuleDict (copied; the original is untouched),
+            or None for freshly initialised encoders of the stage-1 families (the scratch baseline).
+        num_classes: C.
+        fusion: a fusion name (``concat``: the features side by side).
+        layers: hidden layers of a ``concat`` fusion (0: the head is a single Linear layer on the
+            concatenated features, so ``linear_probe`` is a true linear probe).
+        hidden: H of the fusion when it has hidden layers.
+
+    Returns:
+        A :class:`~mmcourse.fusion.FusionModel`; ``.encoders`` is the pretrained backbone.
+    """
+    if stage1 is None:
+        from .pretrain import make_contrastive_model    # noqa: PLC0415 (pretrain imports training; keep adapt light)
+        encoders = dict(make_contrastive_model().encoders)
+    else:
+        source = getattr(stage1, "encoders", None)
+        if not isinstance(source, nn.ModuleDict):
+            raise TypeError(f"stage1 must have an nn.ModuleDict .encoders, got {type(stage1).__name__}")
+        encoders = copy.deepcopy(dict(source))
+    in_dims = {m: enc.out_dim for m, enc in encoders.items()}
+    options = {"layers": layers} if fusion == "concat" else {}
+    return FusionModel(make_fusion(fusion, in_dims, hidden, num_classes, **options), num_classes, encoders)
