@@ -7,7 +7,11 @@ built. ``utils`` (seeding, device, precision), ``config`` (profiles), ``data``
 ``training`` (the loop every stage uses: schedules, checkpoints, resume),
 ``pretrain`` (stage 1: contrastive and masked pretraining, zero-shot,
 retrieval), ``joint`` (stage 2: multi-task joint training, hard negatives,
-modality imbalance), ``metrics``, ``plots``, ``report`` and ``course``
-(running every notebook).
+modality imbalance), ``adapt`` (stage 3: linear probe, top layers, full
+fine-tuning, LoRA, adapters, prompt tuning; the downstream task), ``tagging``
+(grounded token tagging and its token- and entity-level reports), ``minilm``
+(the pretrained all-MiniLM-L6-v2 text tower, loaded offline), ``pipeline``
+(the three stages as one run, and ``predict`` on raw inputs), ``metrics``,
+``plots``, ``report`` and ``course`` (running every notebook).
 """
 __version__ = "0.1.0"

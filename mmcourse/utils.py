@@ -134,3 +134,101 @@ def environment_report() -> dict[str, str]:
 def run_python(code: str, timeout: float = 120.0) -> subprocess.CompletedProcess:
     """Run ``code`` in a fresh Python interpreter (used to show listings failing cleanly)."""
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout)
+
+
+# --- chapter 09 ---
+# The rest of the device policy: what runs compiled, in which memory layout, and how much memory it took.
+
+COMPILE_MODES = ("auto", "on", "off")
+
+
+def precision_name(device) -> str:
+    """What :func:`autocast` does on ``device``, in words: ``"bfloat16 autocast"`` or ``"float32"``."""
+    context = autocast(device)
+    return f"{str(context.fast_dtype).removeprefix('torch.')} autocast" if isinstance(context, torch.autocast) \
+        else "float32"
+
+
+def maybe_compile(module: torch.nn.Module, device, mode: str = "auto", example=None,
+                  **options) -> tuple[torch.nn.Module, str]:
+    """Compile ``module`` in place with ``torch.compile`` where it pays and works; say what was done.
+
+    ``mode``: ``"auto"`` compiles on CUDA only (on a CPU, compiling costs tens of seconds that
+    a short run never wins back), ``"on"`` compiles on any device, ``"off"`` never.
+    ``Module.compile`` is used, so the state dict keeps its names (checkpoints load into an
+    uncompiled model) and ``copy.deepcopy`` gives an uncompiled copy.
+
+    ``torch.compile`` compiles lazily, at the first call. With ``example`` (a batch for
+    ``module``), one forward (and backward, if a parameter is trainable) runs here under
+    :func:`autocast` so a failure shows now; the module's state (e.g. BatchNorm statistics)
+    and gradients are restored afterwards. If compiling fails, the module stays uncompiled
+    and the message says why.
+
+    Args:
+        module: the module to compile in place.
+        device: where it runs.
+        mode: one of ``COMPILE_MODES``.
+        example: optional input to try the compiled module on.
+        options: passed to ``torch.compile`` (e.g. ``backend="eager"``).
+
+    Returns:
+        ``(module, message)``: the same module, and one line saying whether it is compiled.
+    """
+    if mode not in COMPILE_MODES:
+        raise ValueError(f"mode must be one of {COMPILE_MODES}, got {mode!r}")
+    device = torch.device(device)
+    name = type(module).__name__
+    if mode == "off" or (mode == "auto" and device.type != "cuda"):
+        why = "switched off" if mode == "off" else f"not compiled on {device.type} (mode 'auto' compiles on CUDA only)"
+        return module, f"{name}: eager, {why}"
+    try:
+        module.compile(**options)
+        if example is not None:
+            state = {k: v.detach().clone() for k, v in module.state_dict().items()}
+            with autocast(device):
+                out = module(example)
+            if any(p.requires_grad for p in module.parameters()):
+                out.float().sum().backward()
+            module.load_state_dict(state)
+            for p in module.parameters():
+                p.grad = None
+    except Exception as exc:  # a backend or graph the compiler cannot handle: run eagerly
+        module._compiled_call_impl = None      # what Module.compile set; None is eager again
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        return module, f"{name}: eager, torch.compile failed ({type(exc).__name__}: {first})"
+    return module, f"{name}: compiled with torch.compile{' and tried on a batch' if example is not None else ''}"
+
+
+def channels_last(x, device):
+    """On CUDA, a 4-D tensor or a module in channels-last memory layout (faster convolutions); elsewhere ``x``."""
+    if torch.device(device).type != "cuda":
+        return x
+    if isinstance(x, torch.nn.Module):
+        return x.to(memory_format=torch.channels_last)
+    if isinstance(x, torch.Tensor) and x.dim() == 4:
+        return x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
+def reset_peak_memory(device) -> None:
+    """Start a new peak-memory measurement on CUDA; elsewhere nothing (a process's peak RSS cannot be reset)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_memory(device) -> tuple[float, str]:
+    """Peak memory in MiB and what it measures.
+
+    On CUDA: the most memory tensors held on the GPU since :func:`reset_peak_memory`
+    (``torch.cuda.max_memory_allocated``). Elsewhere: the peak resident memory of the whole
+    Python process since it started (``resource.getrusage``), which includes the data and
+    every earlier step and cannot be reset.
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20, "GPU memory allocated, peak since reset"
+    import resource
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss     # KiB on Linux, bytes on macOS
+    return peak / (2**20 if sys.platform == "darwin" else 2**10), "process peak RSS (CPU, since start)"

@@ -121,3 +121,81 @@ def test_atomic_write_replaces_whole_or_not_at_all(tmp_path):
         atomic_write(path, failing)
     assert path.read_bytes() == b"first"
     assert [p.name for p in path.parent.iterdir()] == ["f.bin"]
+
+
+# --- chapter 09 ---
+
+def _bn_net():
+    return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Flatten())
+
+
+def test_maybe_compile_follows_the_mode_and_the_device():
+    from mmcourse.utils import COMPILE_MODES, maybe_compile
+    net = _bn_net()
+    assert maybe_compile(net, "cpu") == (net, "Sequential: eager, not compiled on cpu (mode 'auto' compiles on CUDA only)")
+    assert maybe_compile(net, "cuda", "off")[1] == "Sequential: eager, switched off"
+    assert net._compiled_call_impl is None and COMPILE_MODES == ("auto", "on", "off")
+    with pytest.raises(ValueError, match=r"mode must be one of \('auto', 'on', 'off'\), got 'fast'"):
+        maybe_compile(net, "cpu", "fast")
+
+
+def test_maybe_compile_tries_a_batch_and_leaves_state_and_gradients_as_they_were():
+    from mmcourse.utils import maybe_compile
+    torch.manual_seed(0)
+    net, x = _bn_net().train(), torch.randn(2, 3, 6, 6)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    same, message = maybe_compile(net, "cpu", "on", example=x, backend="eager")   # dynamo only: quick on a CPU
+    assert same is net and message == "Sequential: compiled with torch.compile and tried on a batch"
+    assert net._compiled_call_impl is not None and list(net.state_dict()) == list(before)
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())     # BatchNorm statistics restored
+    assert all(p.grad is None for p in net.parameters())
+    torch.testing.assert_close(net.eval()(x), net._call_impl(x))
+
+
+def test_maybe_compile_falls_back_to_eager_with_the_reason(monkeypatch):
+    from mmcourse.utils import maybe_compile
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no compiler for this platform\nsecond line")
+
+    monkeypatch.setattr(torch, "compile", broken)
+    net, x = _bn_net().eval(), torch.randn(2, 3, 6, 6)
+    same, message = maybe_compile(net, "cuda", "auto")
+    assert same is net and net._compiled_call_impl is None
+    assert message == "Sequential: eager, torch.compile failed (RuntimeError: no compiler for this platform)"
+    assert net(x).shape == (2, 64)
+
+
+def test_maybe_compile_falls_back_when_the_first_call_fails():
+    from mmcourse.utils import maybe_compile
+
+    def failing_backend(graph, example_inputs):
+        raise NotImplementedError("this backend compiles nothing")
+
+    net, x = _bn_net().eval(), torch.randn(2, 3, 6, 6)
+    _, message = maybe_compile(net, "cpu", "on", example=x, backend=failing_backend)
+    assert message.startswith("Sequential: eager, torch.compile failed (") and net._compiled_call_impl is None
+    torch.testing.assert_close(net(x), net._call_impl(x))
+
+
+def test_channels_last_only_on_cuda():
+    from mmcourse.utils import channels_last
+    x, conv = torch.randn(2, 3, 8, 8), torch.nn.Conv2d(3, 4, 3)
+    assert channels_last(x, "cpu") is x and channels_last(conv, "cpu") is conv
+    y = channels_last(x, "cuda")               # the layout change itself runs on any tensor
+    assert y.is_contiguous(memory_format=torch.channels_last) and torch.equal(x, y)
+    assert channels_last(conv, "cuda").weight.is_contiguous(memory_format=torch.channels_last)
+    flat = torch.randn(2, 3)
+    assert channels_last(flat, "cuda") is flat
+
+
+def test_precision_and_peak_memory_say_what_they_are():
+    import warnings
+    from mmcourse.utils import peak_memory, precision_name, reset_peak_memory
+    assert precision_name("cpu") == "float32"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")        # no CUDA here: torch warns that autocast would be disabled
+        assert precision_name("cuda") == "bfloat16 autocast"
+    reset_peak_memory("cpu")                   # a no-op on a CPU
+    mib, kind = peak_memory("cpu")
+    assert 10 < mib < 1e6 and kind == "process peak RSS (CPU, since start)"

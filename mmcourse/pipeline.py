@@ -1,0 +1,778 @@
+"""The three stages as one configured run, and inference on raw inputs.
+
+:func:`run_pipeline` trains, in order and with one training loop
+(:func:`mmcourse.training.train`):
+
+1. ``"pretrain"``: the contrastive stage-1 model of chapter 06 on unlabeled pairs
+   (:func:`mmcourse.pretrain.make_stage1_model`, :func:`~mmcourse.pretrain.contrastive_step`);
+2. ``"joint"``: the joint model of chapter 07 on the labelled main task ``shape_and_sound``
+   (:meth:`mmcourse.joint.JointModel.from_stage1`, :class:`~mmcourse.joint.MultitaskLoss`,
+   modality dropout);
+3. ``"adapt"``: the stage-2 encoders adapted to the downstream task ``size_and_material``
+   from a few labels per class (:mod:`mmcourse.adapt`, chapter 08).
+
+Every stage writes its checkpoint to ``build/pipeline/<profile>_seed<seed>/stage<k>.pt``
+and its TensorBoard scalars to ``build/tensorboard/pipeline_<profile>_seed<seed>/stage<k>_<name>``.
+A run that stops (``stop_after``, a crash, a lost machine) continues where it stopped
+with ``resume=True``: finished stages load, the unfinished one continues exactly (same
+final weights and metrics as a run that never stopped).
+
+The device policy comes from :mod:`mmcourse.utils`, the same code on every device: on
+CUDA, bf16 autocast, ``torch.compile`` of the encoders where it works, channels-last
+images, pinned host memory and non-blocking copies; on a CPU, float32 and none of those.
+Every stage measures its throughput (samples/s), peak memory and wall time
+(:class:`StageStats`, :func:`stats_table`).
+
+:func:`predict` classifies raw inputs — caption strings, image arrays, waveforms — with
+any modality missing, and rejects malformed inputs with errors that name the argument.
+
+Shape letters: N samples, B batch, S image side, T audio samples, C classes, M modalities.
+"""
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .adapt import METHODS, few_shot, make_downstream_model, prepare
+from .data.dataset import MultimodalDataset, Split, make_loader, make_splits, take, to_device
+from .data.text import PAD_ID, Tokenizer
+from .data.world import LABEL_RULES, World, WorldConfig
+from .joint import AnnotatedDataset, JointModel, MultitaskLoss
+from .metrics import accuracy
+from .pretrain import contrastive_step, make_stage1_model, stage1_evaluator
+from .robustness import ModalityDropout
+from .training import History, TrainConfig, accuracy_on, predict as predict_loader, read_checkpoint, train
+from .utils import (atomic_write, autocast, build_dir, channels_last, get_device, maybe_compile, peak_memory,
+                    precision_name, reset_peak_memory)
+
+STAGES = ("pretrain", "joint", "adapt")
+MAIN_TASK = "shape_and_sound"
+DOWNSTREAM_TASK = "size_and_material"
+MODALITIES = ("audio", "image", "text")
+STATS_FILE = "stats.json"
+
+
+class PipelineInterrupted(RuntimeError):
+    """The run stopped on purpose (``stop_after``) with the stage's checkpoint written.
+
+    Attributes:
+        stage: the stage that was stopped; step: its optimizer steps done; checkpoint: its file.
+    """
+
+    def __init__(self, message: str, stage: str, step: int, checkpoint: Path):
+        super().__init__(message)
+        self.stage, self.step, self.checkpoint = stage, step, checkpoint
+
+
+class _Stop(Exception):
+    """Raised inside the loss function to stop ``train`` right after a checkpoint."""
+
+
+# ----------------------------------------------------------------------------- configuration
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """Sizes and settings of the three stages (every field a plain value, stored with the run).
+
+    Attributes:
+        profile: the profile name the sizes come from (names the run folder).
+        seed: seeds the data, the initialisations and the shuffling.
+        image_size: S, the side of the rendered images (64 in ``full``).
+        dev_size, test_size: scenes in the dev and test splits of each task.
+        eval_size: dev scenes scored at every evaluation of a stage.
+        stage1_pairs, stage1_epochs, stage1_batch, stage1_lr, stage1_warmup: stage 1 (unlabeled pairs).
+        joint_train, joint_epochs, joint_batch, joint_lr: stage 2 (labelled scenes of the main task).
+        joint_dropout: modality dropout of stage 2 (chapter 07: it brings every subset to its limit).
+        aux_weight: weight of the image-text matching and contrastive losses in stage 2.
+        adapt_method: how stage 3 adapts (a name of ``mmcourse.adapt.METHODS``).
+        adapt_per_class: labelled downstream scenes per class; adapt_pool: scenes they are drawn from.
+        adapt_steps, adapt_batch, adapt_lr: stage 3's optimizer steps, batch and learning rate.
+        adapt_dropout: modality dropout of stage 3 (so that the new head works with a modality missing).
+        evals: evaluations per stage (spread evenly over its steps).
+        checkpoint_every: steps between checkpoints within a stage (one is always written at its end).
+        compile: ``"auto"`` (torch.compile on CUDA), ``"on"`` or ``"off"`` (:func:`mmcourse.utils.maybe_compile`).
+    """
+
+    profile: str
+    seed: int = 0
+    image_size: int = 32
+    dev_size: int = 1000
+    test_size: int = 2000
+    eval_size: int = 500
+    stage1_pairs: int = 10000
+    stage1_epochs: int = 3
+    stage1_batch: int = 256
+    stage1_lr: float = 2e-3
+    stage1_warmup: int = 20
+    joint_train: int = 10000
+    joint_epochs: int = 2
+    joint_batch: int = 64
+    joint_lr: float = 2e-3
+    joint_dropout: float = 0.25
+    aux_weight: float = 0.1
+    adapt_method: str = "lora"
+    adapt_per_class: int = 10
+    adapt_pool: int = 1000
+    adapt_steps: int = 200
+    adapt_batch: int = 64
+    adapt_lr: float = 3e-3
+    adapt_dropout: float = 0.3
+    evals: int = 4
+    checkpoint_every: int = 50
+    compile: str = "auto"
+
+    def __post_init__(self):
+        for name in ("seed",):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
+                raise ValueError(f"PipelineConfig.{name} must be an int >= 0, got {getattr(self, name)!r}")
+        for name in ("image_size", "dev_size", "test_size", "eval_size", "stage1_pairs", "stage1_epochs",
+                     "stage1_batch", "joint_train", "joint_epochs", "joint_batch", "adapt_per_class", "adapt_pool",
+                     "adapt_steps", "adapt_batch", "evals", "checkpoint_every"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"PipelineConfig.{name} must be a positive int, got {value!r}")
+        for name in ("joint_dropout", "adapt_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"PipelineConfig.{name} must be in [0, 1), got {getattr(self, name)!r}")
+        if self.adapt_method not in METHODS:
+            raise ValueError(f"PipelineConfig.adapt_method must be one of {METHODS}, got {self.adapt_method!r}")
+        if self.compile not in ("auto", "on", "off"):
+            raise ValueError(f"PipelineConfig.compile must be 'auto', 'on' or 'off', got {self.compile!r}")
+        classes = LABEL_RULES[DOWNSTREAM_TASK].num_classes
+        if self.adapt_pool < classes * self.adapt_per_class:
+            raise ValueError(f"PipelineConfig.adapt_pool ({self.adapt_pool}) must hold at least "
+                             f"{classes} classes x adapt_per_class ({self.adapt_per_class}) scenes")
+
+    @property
+    def name(self) -> str:
+        """The run's name: ``<profile>_seed<seed>``."""
+        return f"{self.profile}_seed{self.seed}"
+
+    def rows(self) -> list[tuple[str, str, str]]:
+        """(stage, setting, value) rows for a table of the configuration."""
+        return [
+            ("data", "image side S", str(self.image_size)),
+            ("data", "dev / test scenes per task", f"{self.dev_size} / {self.test_size}"),
+            ("1 pretrain", "unlabeled pairs x epochs", f"{self.stage1_pairs} x {self.stage1_epochs}"),
+            ("1 pretrain", "batch, peak lr", f"{self.stage1_batch}, {self.stage1_lr:g}"),
+            ("2 joint", f"labelled scenes ({MAIN_TASK}) x epochs", f"{self.joint_train} x {self.joint_epochs}"),
+            ("2 joint", "batch, lr, modality dropout", f"{self.joint_batch}, {self.joint_lr:g}, {self.joint_dropout:g}"),
+            ("3 adapt", f"method, labels per class ({DOWNSTREAM_TASK})", f"{self.adapt_method}, {self.adapt_per_class}"),
+            ("3 adapt", "steps, batch, lr", f"{self.adapt_steps}, {self.adapt_batch}, {self.adapt_lr:g}"),
+            ("all", "checkpoint every, compile", f"{self.checkpoint_every} steps, {self.compile}"),
+        ]
+
+
+PIPELINE = {
+    "smoke": PipelineConfig("smoke", dev_size=300, test_size=500, eval_size=300, stage1_pairs=1500, stage1_epochs=1,
+                            stage1_batch=128, stage1_warmup=3, joint_train=1500, joint_epochs=1, adapt_pool=400,
+                            adapt_steps=40, evals=2, checkpoint_every=5),
+    "default": PipelineConfig("default"),
+    "full": PipelineConfig("full", image_size=64, dev_size=5000, test_size=10000, eval_size=2000, stage1_pairs=60000,
+                           stage1_epochs=10, stage1_batch=512, stage1_lr=3e-3, stage1_warmup=100, joint_train=60000,
+                           joint_epochs=4, joint_batch=128, adapt_per_class=20, adapt_pool=5000, adapt_steps=600,
+                           adapt_batch=128, evals=8, checkpoint_every=200),
+}
+
+
+def pipeline_config(profile, seed: int = 0, **overrides) -> PipelineConfig:
+    """The :class:`PipelineConfig` of a profile (a Profile or its name), with ``seed`` and any field overridden.
+
+    ``smoke``: about 10 s of training on one CPU thread; ``default``: about two minutes (measured
+    at about 600 samples/s on one thread of a busy 2-core machine); ``full``: sized for one GPU
+    (64x64 images, 60,000 scenes, more epochs).
+    """
+    name = getattr(profile, "name", profile)
+    if name not in PIPELINE:
+        raise ValueError(f"no pipeline settings for profile {name!r}; known: {list(PIPELINE)}")
+    return replace(PIPELINE[name], seed=seed, **overrides)
+
+
+def run_dir(config: PipelineConfig) -> Path:
+    """Where a run's checkpoints and stats go: ``build/pipeline/<profile>_seed<seed>/``."""
+    return build_dir("pipeline", config.name)
+
+
+def stage_checkpoint(root: Path, stage: str) -> Path:
+    """The checkpoint of ``stage`` in a run folder: ``stage1.pt``, ``stage2.pt``, ``stage3.pt``."""
+    return Path(root) / f"stage{_stage_index(stage)}.pt"
+
+
+def _stage_index(stage: str) -> int:
+    if stage not in STAGES:
+        raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
+    return STAGES.index(stage) + 1
+
+
+# ----------------------------------------------------------------------------- data
+
+def pipeline_data(config: PipelineConfig) -> dict[str, dict[str, MultimodalDataset]]:
+    """The data of a run: ``{"main": splits of shape_and_sound, "downstream": splits of size_and_material}``.
+
+    Stage 1 reads the first ``stage1_pairs`` main training scenes (without their labels),
+    stage 2 the first ``joint_train`` (with them). The downstream task has fresh scenes
+    (another seed); its ``"train"`` is the pool the few labels are drawn from.
+    """
+    main = World(WorldConfig(image_size=config.image_size, label_rule=MAIN_TASK))
+    down = World(WorldConfig(image_size=config.image_size, label_rule=DOWNSTREAM_TASK))
+    n = max(config.stage1_pairs, config.joint_train)
+    return {"main": make_splits(main, Split(n, config.dev_size, config.test_size), config.seed),
+            "downstream": make_splits(down, Split(config.adapt_pool, config.dev_size, config.test_size),
+                                      config.seed + 1)}
+
+
+# ----------------------------------------------------------------------------- statistics
+
+@dataclass
+class StageStats:
+    """What one stage cost, over every session that trained it (an interrupted stage has two).
+
+    Attributes:
+        stage: its name; status: ``"trained"``, ``"resumed"`` (continued from a checkpoint in this
+            call) or ``"loaded"`` (finished earlier, nothing trained in this call).
+        sessions: calls of :func:`run_pipeline` that trained part of it.
+        steps: optimizer steps in all; samples: training samples processed in all.
+        train_seconds: time inside the training loop, evaluations excluded.
+        wall_seconds: the stages' whole time (model set-up, compiling, evaluations, checkpoints).
+        peak_memory_mib: the largest peak over its sessions; memory_kind says what it measures.
+        device, precision, compile: how it ran (of the last session).
+    """
+
+    stage: str
+    status: str = "loaded"
+    sessions: int = 0
+    steps: int = 0
+    samples: int = 0
+    train_seconds: float = 0.0
+    wall_seconds: float = 0.0
+    peak_memory_mib: float = float("nan")
+    memory_kind: str = ""
+    device: str = ""
+    precision: str = ""
+    compile: str = ""
+
+    @property
+    def samples_per_s(self) -> float:
+        """Training throughput: samples / train_seconds (NaN if nothing was timed)."""
+        return self.samples / self.train_seconds if self.train_seconds > 0 else float("nan")
+
+
+def _read_stats(root: Path) -> dict[str, list[dict]]:
+    path = Path(root) / STATS_FILE
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _write_stats(root: Path, stats: dict[str, list[dict]]) -> None:
+    atomic_write(Path(root) / STATS_FILE, lambda f: f.write(json.dumps(stats, indent=1).encode()))
+
+
+def _summarise(stage: str, sessions: list[dict], status: str) -> StageStats:
+    out = StageStats(stage, status=status, sessions=len(sessions))
+    for s in sessions:
+        out.steps = max(out.steps, s["end_step"])
+        out.samples += s["samples"]
+        out.train_seconds += s["train_seconds"]
+        out.wall_seconds += s["wall_seconds"]
+        out.peak_memory_mib = s["peak_memory_mib"] if math.isnan(out.peak_memory_mib) else max(
+            out.peak_memory_mib, s["peak_memory_mib"])
+        out.memory_kind, out.device, out.precision, out.compile = (s["memory_kind"], s["device"], s["precision"],
+                                                                   s["compile"])
+    return out
+
+
+def stats_table(stats: Mapping[str, StageStats]) -> str:
+    """A Markdown table of the stages' cost: steps, samples, samples/s, peak memory, times."""
+    lines = ["| stage | status | steps | samples | samples/s | peak memory (MiB) | train s | wall s |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for s in stats.values():
+        lines.append(f"| {_stage_index(s.stage)} {s.stage} | {s.status} ({s.sessions} session"
+                     f"{'s' if s.sessions != 1 else ''}) | {s.steps} | {s.samples} | {s.samples_per_s:.0f} | "
+                     f"{s.peak_memory_mib:.0f} | {s.train_seconds:.1f} | {s.wall_seconds:.1f} |")
+    kinds = sorted({s.memory_kind for s in stats.values() if s.memory_kind})
+    if kinds:
+        lines.append(f"\nPeak memory: {'; '.join(kinds)}.")
+    return "\n".join(lines)
+
+
+def _samples_between(start: int, end: int, steps_per_epoch: int, n: int, batch: int) -> int:
+    """Samples processed from optimizer step ``start`` to ``end`` (the last batch of an epoch may be short)."""
+    def upto(step):
+        epochs, rest = divmod(step, steps_per_epoch)
+        return epochs * n + rest * batch
+    return upto(end) - upto(start)
+
+
+# ----------------------------------------------------------------------------- one stage
+
+class _Loss:
+    """The stage's loss with the device policy and the optional stop: images channels-last, stop at a step."""
+
+    def __init__(self, loss_fn, device, start_step: int, stop_step: int | None):
+        self.loss_fn, self.device, self.step, self.stop_step = loss_fn, device, start_step, stop_step
+
+    def __call__(self, model, batch):
+        if self.stop_step is not None and self.step >= self.stop_step:
+            raise _Stop
+        self.step += 1
+        inputs, labels = batch
+        if "image" in inputs:
+            inputs = {**inputs, "image": channels_last(inputs["image"], self.device)}
+        return self.loss_fn(model, (inputs, labels))
+
+
+class _TimedEvaluate:
+    def __init__(self, evaluate):
+        self.evaluate, self.seconds = evaluate, 0.0
+
+    def __call__(self, model):
+        start = time.perf_counter()
+        out = self.evaluate(model)              # returns floats: the device is synchronised
+        self.seconds += time.perf_counter() - start
+        return out
+
+
+def _start_step(path: Path) -> tuple[int, bool]:
+    """(steps done, finished) of a stage's checkpoint; (0, False) without one."""
+    if not path.is_file():
+        return 0, False
+    run = read_checkpoint(path)["run"]
+    return int(run["step"]), bool(run["finished"])
+
+
+@dataclass
+class _Run:
+    """What every stage of one :func:`run_pipeline` call shares."""
+
+    config: PipelineConfig
+    data: Mapping
+    device: torch.device
+    root: Path
+    stop: tuple[str, int] | None
+    progress: bool | None
+    stats: dict[str, list[dict]]
+
+    def train_config(self, stage: str, **fields) -> TrainConfig:
+        """The stage's TrainConfig: ``fields`` plus the run's checkpoints, progress bars and TensorBoard folder."""
+        return TrainConfig(**fields, checkpoint_every=self.config.checkpoint_every, progress=self.progress,
+                           tensorboard=f"pipeline_{self.root.name}/stage{_stage_index(stage)}_{stage}")
+
+
+def _train_stage(run: _Run, stage: str, model: nn.Module, loss_fn, dataset, batch: int, config: TrainConfig,
+                 evaluate) -> History:
+    """Train one stage with the device policy, checkpoint in the run folder, record its session in the stats."""
+    device, root, seed, compile_mode = run.device, run.root, run.config.seed, run.config.compile
+    stop_step = run.stop[1] if run.stop is not None and run.stop[0] == stage else None
+    wall = time.perf_counter()
+    path = stage_checkpoint(root, stage)
+    start, finished = _start_step(path)
+    loader = make_loader(dataset, batch, shuffle=True, seed=seed, pin_memory=device.type == "cuda")
+    total = min(config.epochs * len(loader), config.max_steps or math.inf)
+    if stop_step is not None and not (start < stop_step < total):
+        raise ValueError(f"stop_after step for {stage!r} must be in ({start}, {total}): the stage has {total} steps "
+                         f"and {start} are done, got {stop_step}")
+    if finished:
+        return train(model, loss_fn, loader, config, device, evaluate=evaluate, checkpoint=path, resume=True)
+    reset_peak_memory(device)
+    if "image" in getattr(model, "encoders", {}):
+        channels_last(model.encoders["image"], device)
+    example = None
+    if compile_mode == "on" or (compile_mode == "auto" and device.type == "cuda"):   # a batch to try compiling on
+        example = to_device(next(iter(make_loader(dataset, min(batch, len(dataset)))))[0], device)
+        example["image"] = channels_last(example["image"], device)
+    messages = [maybe_compile(enc, device, compile_mode, None if example is None else example[m])[1]
+                for m, enc in model.encoders.items()]
+    notes = sorted({msg.split(": ", 1)[1] for msg in messages})
+    compile_note = notes[0] if len(notes) == 1 else "; ".join(messages)
+    timed = _TimedEvaluate(evaluate)
+    if stop_step is not None:
+        config = replace(config, checkpoint_every=stop_step)   # a checkpoint exactly where the run stops
+    wrapped = _Loss(loss_fn, device, start, stop_step)
+    clock = time.perf_counter()
+    stopped = False
+    try:
+        history = train(model, wrapped, loader, config, device, evaluate=timed, checkpoint=path, resume=True)
+    except _Stop:
+        stopped = True
+    seconds = time.perf_counter() - clock - timed.seconds
+    end = stop_step if stopped else history.step[-1] if history.step else start
+    peak, kind = peak_memory(device)
+    session = {"start_step": start, "end_step": end, "samples": _samples_between(start, end, len(loader),
+                                                                                 len(dataset), batch),
+               "train_seconds": seconds, "wall_seconds": time.perf_counter() - wall, "peak_memory_mib": peak,
+               "memory_kind": kind, "device": str(device), "precision": precision_name(device),
+               "compile": compile_note}
+    run.stats.setdefault(stage, []).append(session)
+    _write_stats(root, run.stats)
+    if stopped:
+        raise PipelineInterrupted(
+            f"stage {_stage_index(stage)} ({stage}) stopped after step {stop_step} of {total}; its checkpoint is "
+            f"{path.name} in {root}. Call run_pipeline(config, device, resume=True) to continue.",
+            stage, stop_step, path)
+    return history
+
+
+# ----------------------------------------------------------------------------- the run
+
+@dataclass
+class PipelineResult:
+    """What :func:`run_pipeline` returns.
+
+    Attributes:
+        config: the run's configuration; device: where it ran; root: its folder.
+        models: {stage: model} (eval mode), stages not run are absent.
+        histories: {stage: History}; stats: {stage: StageStats}.
+        metrics: final test figures: ``"joint test accuracy"`` (main task, every modality),
+            ``"adapt test accuracy"`` (downstream task).
+        test_pred, test_true: the adapted model's predictions and the labels on the downstream test split (N,).
+        class_names: {"main": ..., "downstream": ...}.
+    """
+
+    config: PipelineConfig
+    device: torch.device
+    root: Path
+    models: dict[str, nn.Module] = field(default_factory=dict)
+    histories: dict[str, History] = field(default_factory=dict)
+    stats: dict[str, StageStats] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
+    test_pred: torch.Tensor | None = None
+    test_true: torch.Tensor | None = None
+    class_names: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """What a model's raw inputs must look like (attached to pipeline models as ``model.input_spec``).
+
+    Attributes:
+        class_names: the C class names, in logit order.
+        image_size: S; audio_samples: T; sample_rate: Hz of the waveforms.
+    """
+
+    class_names: tuple[str, ...]
+    image_size: int
+    audio_samples: int
+    sample_rate: int
+
+
+def _input_spec(world: World) -> InputSpec:
+    return InputSpec(world.class_names, world.config.image_size, world.config.audio_samples, world.config.sample_rate)
+
+
+def _eval_every(n: int, batch: int, epochs: int, evals: int) -> int:
+    """Steps between ``evals`` evaluations spread over ``epochs`` passes of ``n`` samples in batches of ``batch``."""
+    return max(1, -(-(epochs * -(-n // batch)) // evals))
+
+
+def _stage1(run: _Run, previous: None):
+    cfg, data = run.config, run.data
+    torch.manual_seed(cfg.seed)
+    model = make_stage1_model(cfg.profile).to(run.device)
+    tc = run.train_config("pretrain", epochs=cfg.stage1_epochs, lr=cfg.stage1_lr, warmup_steps=cfg.stage1_warmup,
+                          eval_every=_eval_every(cfg.stage1_pairs, cfg.stage1_batch, cfg.stage1_epochs, cfg.evals),
+                          monitor="dev_zero_shot")
+    history = _train_stage(run, "pretrain", model, contrastive_step, take(data["main"]["train"], cfg.stage1_pairs),
+                           cfg.stage1_batch, tc, stage1_evaluator(data["main"]["dev"], run.device, cfg.eval_size))
+    return model.eval(), history
+
+
+def _stage2(run: _Run, stage1: nn.Module):
+    cfg, data = run.config, run.data
+    torch.manual_seed(cfg.seed + 1)
+    world = World(WorldConfig(image_size=cfg.image_size, label_rule=MAIN_TASK))
+    model = JointModel.from_stage1(stage1, len(world.class_names), hidden=128, embed_dim=stage1.embed_dim,
+                                   modality_dropout=cfg.joint_dropout).to(run.device)
+    train_set = AnnotatedDataset(take(data["main"]["train"], cfg.joint_train), world)
+    dev = make_loader(take(data["main"]["dev"], min(cfg.eval_size, cfg.dev_size)), 500)
+    tc = run.train_config("joint", epochs=cfg.joint_epochs, lr=cfg.joint_lr,
+                          eval_every=_eval_every(cfg.joint_train, cfg.joint_batch, cfg.joint_epochs, cfg.evals))
+    # No generator for the mining draws: they come from torch's global generator, which checkpoints hold.
+    loss = MultitaskLoss(cfg.aux_weight, cfg.aux_weight, "sample")
+    history = _train_stage(run, "joint", model, loss, train_set, cfg.joint_batch, tc,
+                           lambda m: {"dev_accuracy": accuracy_on(m, dev, run.device)})
+    model.input_spec = _input_spec(world)
+    return model.eval(), history
+
+
+def _cross_entropy(model, batch):
+    inputs, labels = batch
+    return F.cross_entropy(model(inputs), labels)
+
+
+def _stage3(run: _Run, joint: nn.Module):
+    cfg, data = run.config, run.data
+    torch.manual_seed(cfg.seed + 2)
+    world = World(WorldConfig(image_size=cfg.image_size, label_rule=DOWNSTREAM_TASK))
+    model = make_downstream_model(joint, num_classes=len(world.class_names), fusion="concat")   # a linear head
+    model.modality_dropout = ModalityDropout(cfg.adapt_dropout)
+    report = prepare(model, cfg.adapt_method)
+    model = model.to(run.device)
+    labelled = few_shot(data["downstream"]["train"], per_class=cfg.adapt_per_class, seed=cfg.seed)
+    dev = make_loader(take(data["downstream"]["dev"], min(cfg.eval_size, cfg.dev_size)), 500)
+    steps_per_epoch = -(-len(labelled) // cfg.adapt_batch)
+    tc = run.train_config("adapt", epochs=-(-cfg.adapt_steps // steps_per_epoch), max_steps=cfg.adapt_steps,
+                          lr=cfg.adapt_lr, eval_every=max(1, cfg.adapt_steps // cfg.evals))
+    history = _train_stage(run, "adapt", model, _cross_entropy, labelled, cfg.adapt_batch, tc,
+                           lambda m: {"dev_accuracy": accuracy_on(m, dev, run.device)})
+    model.input_spec = _input_spec(world)
+    model.adapt_report = report
+    return model.eval(), history
+
+
+def run_pipeline(config: PipelineConfig, device=None, *, resume: bool = True,
+                 stop_after: tuple[str, int] | None = None, until: str | None = None, progress: bool | None = None,
+                 root=None, data: Mapping | None = None) -> PipelineResult:
+    """Run pretrain -> joint -> adapt as ``config`` says; return the models, histories, costs and test figures.
+
+    Args:
+        config: a :class:`PipelineConfig` (:func:`pipeline_config`).
+        device: where to train (None: :func:`mmcourse.utils.get_device`).
+        resume: continue from the run folder's checkpoints: finished stages load, an unfinished
+            one continues exactly. False deletes the run's checkpoints, stats and TensorBoard logs first.
+        stop_after: ``(stage, step)``: stop that stage after ``step`` optimizer steps, with its
+            checkpoint written, by raising :class:`PipelineInterrupted` (what a crash or a lost
+            machine does, on purpose, for teaching and tests).
+        until: the last stage to run (None: all three).
+        progress: progress bars (None: on unless ``$MMCOURSE_PROGRESS=0``).
+        root: the run folder (default :func:`run_dir`).
+        data: the output of :func:`pipeline_data` for this config, if already generated.
+
+    Raises:
+        PipelineInterrupted: when ``stop_after`` stops a stage.
+        ValueError: for an unknown stage, a stop step outside the stage, or checkpoints of another config.
+    """
+    if not isinstance(config, PipelineConfig):
+        raise TypeError(f"config must be a PipelineConfig (see pipeline_config), got {type(config).__name__}")
+    device = get_device() if device is None else torch.device(device)
+    last = _stage_index(until) - 1 if until is not None else len(STAGES) - 1
+    stop = None
+    if stop_after is not None:
+        if not (isinstance(stop_after, tuple) and len(stop_after) == 2 and isinstance(stop_after[1], int)):
+            raise ValueError(f"stop_after must be a (stage, step) tuple, got {stop_after!r}")
+        if _stage_index(stop_after[0]) > last + 1:
+            raise ValueError(f"stop_after names stage {stop_after[0]!r}, which comes after until={until!r}")
+        stop = stop_after
+    root = Path(root) if root is not None else run_dir(config)
+    root.mkdir(parents=True, exist_ok=True)
+    if not resume:
+        for stage in STAGES:
+            stage_checkpoint(root, stage).unlink(missing_ok=True)
+        (root / STATS_FILE).unlink(missing_ok=True)
+        (root / "config.json").unlink(missing_ok=True)
+        shutil.rmtree(build_dir("tensorboard") / f"pipeline_{root.name}", ignore_errors=True)
+    saved = root / "config.json"
+    if saved.is_file() and json.loads(saved.read_text()) != asdict(config):
+        raise ValueError(f"{root} holds a run of another configuration; use resume=False to start afresh, "
+                         f"or another root")
+    atomic_write(saved, lambda f: f.write(json.dumps(asdict(config), indent=1).encode()))
+    data = data if data is not None else pipeline_data(config)
+    stats = _read_stats(root)
+    before = {s: len(v) for s, v in stats.items()}
+    result = PipelineResult(config, device, root)
+    run = _Run(config, data, device, root, stop, progress, stats)
+    previous = None
+    for stage, step in zip(STAGES[: last + 1], (_stage1, _stage2, _stage3)):
+        previous, history = step(run, previous)
+        result.models[stage], result.histories[stage] = previous, history
+    for stage in result.models:
+        new = len(stats.get(stage, [])) - before.get(stage, 0)
+        status = "loaded" if new == 0 else "trained" if len(stats[stage]) == 1 else "resumed"
+        result.stats[stage] = _summarise(stage, stats.get(stage, []), status)
+    main_test = make_loader(data["main"]["test"], 500)
+    if "joint" in result.models:
+        result.metrics["joint test accuracy"] = accuracy_on(result.models["joint"], main_test, device)
+        result.class_names["main"] = result.models["joint"].input_spec.class_names
+    if "adapt" in result.models:
+        pred, true = predict_loader(result.models["adapt"], make_loader(data["downstream"]["test"], 500), device)
+        result.test_pred, result.test_true = pred, true
+        result.metrics["adapt test accuracy"] = accuracy(pred, true)
+        result.class_names["downstream"] = result.models["adapt"].input_spec.class_names
+    return result
+
+
+# ----------------------------------------------------------------------------- inference on raw inputs
+
+@dataclass
+class Prediction:
+    """What :func:`predict` returns.
+
+    Attributes:
+        labels: the predicted class name of each sample (N,).
+        probs: (N, C) float32 class probabilities on the CPU (rows sum to 1).
+        class_names: the C names, in the columns' order.
+        present: (N, M) bool, which modalities each sample had (columns: ``MODALITIES``).
+    """
+
+    labels: list[str]
+    probs: torch.Tensor
+    class_names: tuple[str, ...]
+    present: torch.Tensor
+
+
+def _as_tensor(x, name: str) -> torch.Tensor:
+    if isinstance(x, np.ndarray):
+        if x.dtype == object or x.dtype.kind in "USV":
+            raise TypeError(f"{name} must be a numeric array, got dtype {x.dtype}")
+        return torch.from_numpy(np.ascontiguousarray(x))
+    if isinstance(x, torch.Tensor):
+        return x.detach().cpu()
+    raise TypeError(f"{name} must be a numpy array or a torch tensor, got {type(x).__name__}")
+
+
+def _check_finite(x: torch.Tensor, name: str) -> None:
+    bad = ~torch.isfinite(x.flatten(1)).all(1)
+    if bad.any():
+        raise ValueError(f"{name} holds NaN or infinite values (first in sample {int(bad.nonzero()[0])})")
+
+
+def _images(images, spec: InputSpec) -> torch.Tensor:
+    x = _as_tensor(images, "images")
+    s = spec.image_size
+    forms = f"float (N, 3, {s}, {s}) in [0, 1], or uint8 (N, 3, {s}, {s}) or (N, {s}, {s}, 3)"
+    if x.dtype == torch.bool or not (x.is_floating_point() or x.dtype == torch.uint8):
+        raise TypeError(f"images must be {forms}; got dtype {x.dtype}")
+    if x.dim() == 3:
+        raise ValueError(f"images must be a batch: {forms}; got one image of shape {tuple(x.shape)} "
+                         f"(add a batch dimension: images[None])")
+    if x.dim() != 4:
+        raise ValueError(f"images must be {forms}; got shape {tuple(x.shape)}")
+    if x.dtype == torch.uint8:
+        if tuple(x.shape[1:]) == (s, s, 3):
+            x = x.permute(0, 3, 1, 2)
+        if tuple(x.shape[1:]) != (3, s, s):
+            raise ValueError(f"images must be {forms}; got uint8 of shape {tuple(images.shape)}")
+        return x.float() / 255.0
+    if tuple(x.shape[1:]) != (3, s, s):
+        hint = " (channels last: float images must be channels first, use images.permute(0, 3, 1, 2))" \
+            if tuple(x.shape[1:]) == (s, s, 3) else ""
+        raise ValueError(f"images must be {forms}; got float of shape {tuple(x.shape)}{hint}")
+    x = x.float()
+    _check_finite(x, "images")
+    if len(x) and (x.min() < 0 or x.max() > 1):
+        raise ValueError(f"float images must be in [0, 1], got values in [{x.min():.3g}, {x.max():.3g}] "
+                         f"(uint8 pixels? pass them as uint8, or divide by 255)")
+    return x
+
+
+def _audio(audio, spec: InputSpec) -> torch.Tensor:
+    x = _as_tensor(audio, "audio")
+    t = spec.audio_samples
+    if not x.is_floating_point():
+        raise TypeError(f"audio must be float waveforms (N, {t}) at {spec.sample_rate} Hz, got dtype {x.dtype}"
+                        + (" (16-bit PCM? divide by 32768)" if x.dtype == torch.int16 else ""))
+    if x.dim() == 1:
+        raise ValueError(f"audio must be a batch (N, {t}); got one waveform of shape {tuple(x.shape)} "
+                         f"(add a batch dimension: audio[None])")
+    if x.dim() != 2 or x.shape[1] != t:
+        raise ValueError(f"audio must be float waveforms (N, {t}) at {spec.sample_rate} Hz, got shape "
+                         f"{tuple(x.shape)}")
+    x = x.float()
+    _check_finite(x, "audio")
+    return x
+
+
+def _captions(captions) -> list[str | None]:
+    if isinstance(captions, str):
+        raise TypeError(f"captions must be a list of str, got a single str {captions[:40]!r}; wrap it: [text]")
+    if not isinstance(captions, Sequence):
+        raise TypeError(f"captions must be a list of str (None for a missing caption), got {type(captions).__name__}")
+    for i, c in enumerate(captions):
+        if c is not None and not isinstance(c, str):
+            raise TypeError(f"captions[{i}] must be a str (or None: missing), got {type(c).__name__}")
+        if isinstance(c, str) and not c.strip():
+            raise ValueError(f"captions[{i}] is empty; pass None to mark a caption as missing")
+    return list(captions)
+
+
+def predict(model: nn.Module, *, captions=None, images=None, audio=None, device=None, batch_size: int = 256,
+            spec: InputSpec | None = None) -> Prediction:
+    """Classify raw inputs: caption strings, images and waveforms, any of them missing.
+
+    Accepted inputs (N samples; every given modality must have the same N >= 1):
+
+    - ``captions``: a list of N strings (tokenised by :class:`mmcourse.data.Tokenizer`); an entry
+      ``None`` marks that sample's caption as missing;
+    - ``images``: float (N, 3, S, S) in [0, 1], or uint8 pixels (N, 3, S, S) or (N, S, S, 3)
+      (numpy or torch), S the model's image side;
+    - ``audio``: float waveforms (N, T) at the world's sample rate, T its clip length.
+
+    An omitted modality is marked missing in the presence mask (the fusion then ignores it).
+    The model runs in eval mode without gradients, in batches of ``batch_size``, under the
+    device's autocast; its train/eval mode is restored afterwards.
+
+    Args:
+        model: a fusion model over ``MODALITIES`` (``model(inputs, present)``), e.g. a pipeline model.
+        device: where to run (None: the model's device).
+        spec: the inputs' sizes and class names (None: ``model.input_spec``, set by :func:`run_pipeline`).
+
+    Returns:
+        a :class:`Prediction` (labels, probs (N, C), class_names, present (N, M)).
+
+    Raises:
+        ValueError, TypeError: for malformed inputs, naming the argument and what it got.
+    """
+    spec = spec if spec is not None else getattr(model, "input_spec", None)
+    if not isinstance(spec, InputSpec):
+        raise ValueError("the model has no input_spec (set by run_pipeline); pass spec=InputSpec(...)")
+    if tuple(getattr(model, "modalities", ())) != MODALITIES:
+        raise ValueError(f"model must be a fusion model over {MODALITIES}, got modalities "
+                         f"{getattr(model, 'modalities', None)}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    given = {m: x for m, x in (("audio", audio), ("image", images), ("text", captions)) if x is not None}
+    if not given:
+        raise ValueError("predict() needs at least one of captions=, images=, audio= (got none)")
+    inputs = {}
+    if images is not None:
+        inputs["image"] = _images(images, spec)
+    if audio is not None:
+        inputs["audio"] = _audio(audio, spec)
+    if captions is not None:
+        texts = _captions(captions)
+    sizes = {m: len(inputs[m]) if m in inputs else len(texts) for m in given}
+    if len(set(sizes.values())) != 1:
+        raise ValueError(f"every modality must have the same number of samples N, got "
+                         + ", ".join(f"{'images' if m == 'image' else 'captions' if m == 'text' else m}: {n}"
+                                     for m, n in sizes.items()))
+    n = next(iter(sizes.values()))
+    if n == 0:
+        raise ValueError("empty batch: the inputs hold no sample (N = 0)")
+    present = torch.zeros(n, len(MODALITIES), dtype=torch.bool)
+    for j, m in enumerate(MODALITIES):
+        present[:, j] = m in given
+    if captions is not None:
+        present[:, MODALITIES.index("text")] = torch.tensor([t is not None for t in texts])
+        ids, _ = Tokenizer().encode([t if t is not None else "" for t in texts])
+        inputs["text"] = torch.from_numpy(ids)
+    if not present.any(1).all():
+        i = int((~present.any(1)).nonzero()[0])
+        raise ValueError(f"sample {i} has no modality at all (its caption is None and nothing else was given)")
+    # Placeholders for missing modalities: the presence mask keeps them out of the fused output.
+    inputs.setdefault("image", torch.zeros(n, 3, spec.image_size, spec.image_size))
+    inputs.setdefault("audio", torch.zeros(n, spec.audio_samples))
+    inputs.setdefault("text", torch.full((n, 1), PAD_ID, dtype=torch.long))
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    probs = []
+    try:
+        with torch.no_grad():
+            for s in range(0, n, batch_size):
+                batch = to_device({m: x[s:s + batch_size] for m, x in inputs.items()}, device)
+                batch["image"] = channels_last(batch["image"], device)
+                with autocast(device):
+                    logits = model(batch, present[s:s + batch_size].to(device))
+                probs.append(torch.softmax(logits.float(), 1).cpu())
+    finally:
+        model.train(was_training)
+    probs = torch.cat(probs)
+    return Prediction([spec.class_names[i] for i in probs.argmax(1).tolist()], probs, spec.class_names, present)

@@ -1,0 +1,234 @@
+"""The three-stage pipeline: configuration, interruption and exact resume, costs, predict() on raw inputs."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from mmcourse.data import Tokenizer
+from mmcourse.pipeline import (MODALITIES, STAGES, InputSpec, PipelineConfig, PipelineInterrupted, Prediction,
+                               StageStats, _samples_between, pipeline_config, pipeline_data, predict, run_pipeline,
+                               stage_checkpoint, stats_table)
+from mmcourse.training import read_checkpoint
+from mmcourse.utils import build_dir
+
+# Four optimizer steps per stage, 16x16 images: the whole pipeline in seconds.
+TINY = dict(image_size=16, dev_size=64, test_size=64, eval_size=64, stage1_pairs=128, stage1_epochs=1,
+            stage1_batch=32, stage1_warmup=1, joint_train=128, joint_epochs=1, joint_batch=32, adapt_per_class=2,
+            adapt_pool=160, adapt_steps=4, adapt_batch=8, evals=2, checkpoint_every=3)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    config = pipeline_config("smoke", seed=0, **TINY)
+    return config, pipeline_data(config)
+
+
+@pytest.fixture(scope="module")
+def reference(tiny, tmp_path_factory):
+    """An uninterrupted run of the tiny pipeline."""
+    config, data = tiny
+    with pytest.MonkeyPatch.context() as mp:     # module scope: set up before conftest's per-test $MMCOURSE_BUILD
+        mp.setenv("MMCOURSE_BUILD", str(tmp_path_factory.getbasetemp() / "build"))
+        return run_pipeline(config, "cpu", data=data, root=tmp_path_factory.mktemp("reference"), progress=False)
+
+
+def _same_state(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+# ----------------------------------------------------------------------------- configuration
+
+def test_every_profile_has_a_config_and_full_is_sized_for_a_gpu():
+    configs = {p: pipeline_config(p) for p in ("smoke", "default", "full")}
+    assert configs["full"].image_size == 64 and configs["default"].image_size == 32
+    assert configs["full"].stage1_pairs > configs["default"].stage1_pairs > configs["smoke"].stage1_pairs
+    assert pipeline_config("default", seed=3).name == "default_seed3"
+    assert any(row[0] == "3 adapt" for row in configs["smoke"].rows())
+    with pytest.raises(ValueError, match="no pipeline settings for profile 'huge'"):
+        pipeline_config("huge")
+    with pytest.raises(ValueError, match="PipelineConfig.joint_batch must be a positive int, got 0"):
+        pipeline_config("smoke", joint_batch=0)
+    with pytest.raises(ValueError, match="adapt_pool"):
+        pipeline_config("smoke", adapt_pool=10)
+
+
+def test_samples_are_counted_with_the_short_last_batch():
+    # 10 samples in batches of 4: steps of 4, 4, 2 per epoch
+    assert _samples_between(0, 3, 3, 10, 4) == 10
+    assert _samples_between(2, 5, 3, 10, 4) == 2 + 4 + 4
+    assert _samples_between(0, 0, 3, 10, 4) == 0
+
+
+# ----------------------------------------------------------------------------- the run, interrupted and resumed
+
+def test_an_uninterrupted_run_trains_every_stage_and_measures_it(reference):
+    assert list(reference.models) == list(STAGES) and list(reference.stats) == list(STAGES)
+    for stage, stats in reference.stats.items():
+        assert stats.status == "trained" and stats.sessions == 1 and stats.steps == 4, stats
+        assert stats.samples > 0 and stats.samples_per_s > 0 and stats.wall_seconds >= stats.train_seconds
+        assert stats.precision == "float32" and "not compiled on cpu" in stats.compile
+        assert stats.memory_kind.startswith("process peak RSS") and stats.peak_memory_mib > 0
+        assert stage_checkpoint(reference.root, stage).is_file()
+    assert reference.stats["joint"].samples == 128 and reference.stats["adapt"].samples == 4 * 8
+    assert 0 <= reference.metrics["adapt test accuracy"] <= 1 and len(reference.test_pred) == 64
+    table = stats_table(reference.stats)
+    assert table.count("\n| ") == 3 and "samples/s" in table and "process peak RSS" in table
+
+
+def test_the_pipeline_resumes_mid_stage_to_the_same_weights_and_metrics(tiny, reference, tmp_path):
+    config, data = tiny
+    with pytest.raises(PipelineInterrupted, match=r"stage 2 \(joint\) stopped after step 2 of 4") as info:
+        run_pipeline(config, "cpu", data=data, root=tmp_path, stop_after=("joint", 2), progress=False)
+    assert info.value.stage == "joint" and info.value.step == 2
+    saved = read_checkpoint(stage_checkpoint(tmp_path, "joint"))
+    assert saved["run"]["step"] == 2 and not saved["run"]["finished"]
+    assert not stage_checkpoint(tmp_path, "adapt").exists()
+
+    resumed = run_pipeline(config, "cpu", data=data, root=tmp_path, progress=False)
+    assert {s: st.status for s, st in resumed.stats.items()} == {"pretrain": "loaded", "joint": "resumed",
+                                                                 "adapt": "trained"}
+    assert resumed.stats["joint"].sessions == 2 and resumed.stats["joint"].samples == 128
+    for stage in STAGES:
+        assert _same_state(resumed.models[stage], reference.models[stage]), stage
+        assert resumed.histories[stage].metrics == reference.histories[stage].metrics, stage
+        assert resumed.histories[stage].train_loss == reference.histories[stage].train_loss, stage
+    assert resumed.metrics == reference.metrics
+    assert torch.equal(resumed.test_pred, reference.test_pred)
+
+    again = run_pipeline(config, "cpu", data=data, root=tmp_path, progress=False)     # everything finished: loads
+    assert all(st.status == "loaded" for st in again.stats.values()) and again.metrics == reference.metrics
+
+
+def test_a_fresh_start_deletes_the_old_checkpoints_and_other_configs_are_refused(tiny, tmp_path):
+    config, data = tiny
+    with pytest.raises(PipelineInterrupted):
+        run_pipeline(config, "cpu", data=data, root=tmp_path, stop_after=("pretrain", 1), progress=False)
+    assert stage_checkpoint(tmp_path, "pretrain").is_file()
+    other = pipeline_config("smoke", **{**TINY, "joint_lr": 5e-4})
+    with pytest.raises(ValueError, match="holds a run of another configuration"):
+        run_pipeline(other, "cpu", data=data, root=tmp_path, until="pretrain", progress=False)
+    result = run_pipeline(config, "cpu", data=data, root=tmp_path, resume=False, until="pretrain", progress=False)
+    assert result.stats["pretrain"].sessions == 1 and result.stats["pretrain"].status == "trained"
+    assert list(result.models) == ["pretrain"]
+    assert json.loads((tmp_path / "config.json").read_text())["joint_lr"] == config.joint_lr
+
+
+def test_a_failing_compiler_falls_back_to_eager_and_says_so(tiny, tmp_path, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("no compiler here")
+
+    monkeypatch.setattr(torch, "compile", broken)
+    config, data = tiny
+    config = pipeline_config("smoke", **{**TINY, "compile": "on"})
+    result = run_pipeline(config, "cpu", data=data, root=tmp_path, until="pretrain", progress=False)
+    assert result.stats["pretrain"].compile == "eager, torch.compile failed (RuntimeError: no compiler here)"
+    assert result.stats["pretrain"].steps == 4
+    logs = build_dir("tensorboard") / f"pipeline_{tmp_path.name}"                  # build/ is $MMCOURSE_BUILD here
+    assert [p.name for p in logs.iterdir()] == ["stage1_pretrain"]
+    assert list((logs / "stage1_pretrain").glob("events.out.tfevents.*"))
+
+
+@pytest.mark.parametrize("stop_after, message", [
+    (("finetune", 2), r"stage must be one of \('pretrain', 'joint', 'adapt'\), got 'finetune'"),
+    (("joint", 4), r"stop_after step for 'joint' must be in \(0, 4\)"),
+    (("joint", 0), r"stop_after step for 'joint' must be in \(0, 4\)"),
+    ("joint", r"stop_after must be a \(stage, step\) tuple"),
+    (("adapt", 2), r"stop_after names stage 'adapt', which comes after until='joint'"),
+    (None, r"stage must be one of .*, got 'pretraining'"),
+])
+def test_bad_stops_are_rejected(tiny, tmp_path, stop_after, message):
+    config, data = tiny
+    until = "joint" if stop_after is not None else "pretraining"
+    with pytest.raises(ValueError, match=message):
+        run_pipeline(config, "cpu", data=data, root=tmp_path, stop_after=stop_after, until=until, progress=False)
+
+
+# ----------------------------------------------------------------------------- predict() on raw inputs
+
+@pytest.fixture(scope="module")
+def raw(tiny):
+    """Six downstream test scenes as raw inputs: caption strings, uint8 HWC pixels, waveforms."""
+    _, data = tiny
+    test = data["downstream"]["test"]
+    from mmcourse.data import WORLD_VOCAB
+    return {"captions": WORLD_VOCAB.decode(test.text[:6].numpy()), "images": test.images[:6].permute(0, 2, 3, 1).numpy(),
+            "audio": test.audio[:6].numpy()}
+
+
+def test_predict_classifies_raw_inputs_like_the_model_on_a_batch(reference, tiny, raw):
+    model, data = reference.models["adapt"], tiny[1]
+    out = predict(model, **raw)
+    assert isinstance(out, Prediction) and out.probs.shape == (6, 8) and out.present.all()
+    torch.testing.assert_close(out.probs.sum(1), torch.ones(6))
+    assert out.labels == [out.class_names[i] for i in out.probs.argmax(1)]
+    assert out.class_names == data["downstream"]["test"].class_names
+    inputs, _ = data["downstream"]["test"].__getitems__(list(range(6)))
+    with torch.no_grad():
+        expected = torch.softmax(model.eval()(inputs), 1)
+    torch.testing.assert_close(out.probs, expected)                                    # tokenizer round trip too
+    floats = predict(model, captions=raw["captions"], images=inputs["image"], audio=torch.from_numpy(raw["audio"]),
+                     batch_size=4)
+    torch.testing.assert_close(floats.probs, out.probs)                                # float CHW = uint8 HWC / 255
+    assert model.training is False
+
+
+def test_a_missing_modality_is_masked_not_zero_filled(reference, raw):
+    model = reference.models["adapt"]
+    out = predict(model, images=raw["images"], captions=[raw["captions"][0], None, *raw["captions"][2:]])
+    assert out.present[:, MODALITIES.index("audio")].sum() == 0
+    assert out.present[:, MODALITIES.index("text")].tolist() == [True, False, True, True, True, True]
+    # The masked modalities' placeholder values never reach the output: any other values give the same logits.
+    images = torch.from_numpy(raw["images"]).permute(0, 3, 1, 2).float() / 255
+    captions = [raw["captions"][0], "a large rubber thing", *raw["captions"][2:]]       # sample 1's caption is masked
+    ids = torch.from_numpy(Tokenizer().encode(captions)[0])
+    with torch.no_grad():
+        other = model({"image": images, "audio": torch.randn(6, 1024), "text": ids}, out.present)
+    torch.testing.assert_close(out.probs, torch.softmax(other, 1))
+    only_audio = predict(model, audio=raw["audio"])
+    assert only_audio.present.tolist() == [[True, False, False]] * 6
+
+
+@pytest.mark.parametrize("kwargs, error, message", [
+    ({}, ValueError, r"needs at least one of captions=, images=, audio= \(got none\)"),
+    ({"captions": "a small metal thing"}, TypeError, "captions must be a list of str, got a single str"),
+    ({"captions": ["a thing", 3]}, TypeError, r"captions\[1\] must be a str \(or None: missing\), got int"),
+    ({"captions": ["a thing", "  "]}, ValueError, r"captions\[1\] is empty"),
+    ({"captions": [None, None]}, ValueError, "sample 0 has no modality at all"),
+    ({"captions": []}, ValueError, r"empty batch: the inputs hold no sample \(N = 0\)"),
+    ({"images": np.zeros((0, 3, 16, 16), np.float32)}, ValueError, r"empty batch"),
+    ({"images": [[0.0]]}, TypeError, "images must be a numpy array or a torch tensor, got list"),
+    ({"images": np.zeros((3, 16, 16), np.float32)}, ValueError, r"got one image of shape \(3, 16, 16\).*images\[None\]"),
+    ({"images": np.zeros((2, 1, 16, 16), np.float32)}, ValueError, r"images must be float \(N, 3, 16, 16\).*\(2, 1, 16, 16\)"),
+    ({"images": np.zeros((2, 3, 32, 32), np.float32)}, ValueError, r"got float of shape \(2, 3, 32, 32\)"),
+    ({"images": np.zeros((2, 16, 16, 3), np.float32)}, ValueError, r"channels first"),
+    ({"images": np.zeros((2, 3, 16, 16), np.int64)}, TypeError, "images must be .* got dtype torch.int64"),
+    ({"images": np.full((2, 3, 16, 16), 2.0, np.float32)}, ValueError, r"float images must be in \[0, 1\], got values in \[2, 2\]"),
+    ({"images": np.full((2, 3, 16, 16), np.nan, np.float32)}, ValueError, r"images holds NaN or infinite values \(first in sample 0\)"),
+    ({"audio": np.zeros((2, 1024), np.int16)}, TypeError, r"audio must be float waveforms .* dtype torch.int16 \(16-bit PCM"),
+    ({"audio": np.zeros((2, 500), np.float32)}, ValueError, r"audio must be float waveforms \(N, 1024\) at 8000 Hz, got shape \(2, 500\)"),
+    ({"audio": np.zeros(1024, np.float32)}, ValueError, r"got one waveform of shape \(1024,\)"),
+    ({"audio": np.array([[0.0] * 1023 + [np.inf]] * 2, np.float32)}, ValueError, r"audio holds NaN or infinite values"),
+    ({"audio": np.zeros((2, 1024), np.float32), "captions": ["a thing"] * 3}, ValueError,
+     r"same number of samples N, got audio: 2, captions: 3"),
+    ({"audio": np.zeros((2, 1024), np.float32), "batch_size": 0}, ValueError, "batch_size must be a positive int"),
+])
+def test_predict_rejects_malformed_inputs_clearly(reference, kwargs, error, message):
+    with pytest.raises(error, match=message):
+        predict(reference.models["adapt"], **kwargs)
+
+
+def test_predict_needs_to_know_the_inputs(reference):
+    model = reference.models["adapt"]
+    with pytest.raises(ValueError, match="pass spec=InputSpec"):
+        predict(torch.nn.Linear(2, 2), captions=["a thing"])
+    spec = InputSpec(model.input_spec.class_names, 16, 1024, 8000)
+    assert predict(model, captions=["a large rubber thing"], spec=spec).probs.shape == (1, 8)
+
+
+def test_stage_stats_throughput_is_samples_per_training_second():
+    assert StageStats("joint", samples=300, train_seconds=2.0).samples_per_s == 150
+    assert np.isnan(StageStats("joint").samples_per_s)
