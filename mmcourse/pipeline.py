@@ -53,7 +53,7 @@ from .pretrain import contrastive_step, make_stage1_model, stage1_evaluator
 from .robustness import ModalityDropout
 from .training import History, TrainConfig, accuracy_on, predict as predict_loader, read_checkpoint, train
 from .utils import (atomic_write, autocast, build_dir, channels_last, get_device, maybe_compile, peak_memory,
-                    precision_name, reset_peak_memory)
+                    precision_name, project_root, reset_peak_memory)
 
 STAGES = ("pretrain", "joint", "adapt")
 MAIN_TASK = "shape_and_sound"
@@ -72,6 +72,14 @@ class PipelineInterrupted(RuntimeError):
     def __init__(self, message: str, stage: str, step: int, checkpoint: Path):
         super().__init__(message)
         self.stage, self.step, self.checkpoint = stage, step, checkpoint
+
+
+def _shown(path: Path) -> str:
+    """``path`` relative to the project root when it lies inside it (messages stay free of machine paths)."""
+    try:
+        return str(Path(path).resolve().relative_to(project_root()))
+    except ValueError:
+        return str(path)
 
 
 class _Stop(Exception):
@@ -416,7 +424,7 @@ def _train_stage(run: _Run, stage: str, model: nn.Module, loss_fn, dataset, batc
     if stopped:
         raise PipelineInterrupted(
             f"stage {_stage_index(stage)} ({stage}) stopped after step {stop_step} of {total}; its checkpoint is "
-            f"{path.name} in {root}. Call run_pipeline(config, device, resume=True) to continue.",
+            f"{path.name} in {_shown(root)}. Call run_pipeline(config, device, resume=True) to continue.",
             stage, stop_step, path)
     return history
 
