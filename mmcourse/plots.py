@@ -383,3 +383,51 @@ def plot_scatter_grid(points, colour_by: dict[str, tuple], xlabel: str, ylabel: 
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig
+
+
+# --- chapter 08 ---
+
+
+def plot_label_efficiency(per_class, curves: dict[str, list], title: str, reference: dict[str, float] | None = None,
+                          last_label: str | None = None, ylabel: str = "test accuracy", ax=None):
+    """Accuracy against the number of labelled examples per class (log x), one curve per model.
+
+    Args:
+        per_class: (K,) labels per class of each point, > 0 (e.g. 1, 5, 10, 50, and the whole training set).
+        curves: per curve label, its accuracies: (K,) values, or (K, S) values over S seeds; with
+            seeds the line joins the means and every seed is drawn as a small dot.
+        title: the figure title (state the finding).
+        reference: levels ``{label: y}`` drawn as grey lines (e.g. the Bayes limit, chance).
+        last_label: tick label of the last point instead of its number (e.g. ``"all (1000)"``).
+        ylabel: the y-axis label.
+    """
+    x = np.asarray(as_numpy(per_class), dtype=float)
+    if x.ndim != 1 or len(x) == 0 or (x <= 0).any():
+        raise ValueError(f"per_class must be (K,) values > 0 on a logarithmic axis, got {x.tolist()}")
+    if not curves:
+        raise ValueError("curves is empty: give at least one {label: accuracies}")
+    fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(6.5, 3.8))
+    for i, (label, values) in enumerate(curves.items()):
+        y = np.asarray(as_numpy(values), dtype=float)
+        y = y[:, None] if y.ndim == 1 else y
+        if y.ndim != 2 or y.shape[0] != len(x):
+            raise ValueError(f"curve {label!r} has shape {np.shape(values)}, expected ({len(x)},) or ({len(x)}, S)")
+        colour = f"C{i}"
+        ax.plot(x, np.nanmean(y, axis=1), marker="o", color=colour, label=label)
+        if y.shape[1] > 1:
+            ax.plot(np.repeat(x, y.shape[1]), y.ravel(), ".", color=colour, alpha=0.4, ms=4)
+    for (label, value), ls in zip((reference or {}).items(), itertools.cycle(("--", ":", "-."))):
+        ax.axhline(value, color="grey", ls=ls, lw=1, label=label)
+    ax.set_xscale("log")
+    ticks = [f"{v:g}" for v in x]
+    if last_label is not None:
+        ticks[-1] = last_label
+    ax.set_xticks(x, ticks)
+    ax.minorticks_off()
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("labelled examples per class (log scale)")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    return fig

@@ -230,3 +230,27 @@ def test_plot_scatter_grid_one_panel_per_variable_one_series_per_value():
         plot_scatter_grid(np.zeros((4, 3)), {"a": ([0] * 4, ("x",))}, "x", "y", "t")
     with pytest.raises(ValueError, match=r"panel 'a': codes have shape \(3,\), expected \(4,\)"):
         plot_scatter_grid(xy, {"a": ([0] * 3, ("x",))}, "x", "y", "t")
+
+
+# --- chapter 08 ---
+
+from mmcourse.plots import plot_label_efficiency  # noqa: E402
+
+
+def test_plot_label_efficiency_means_over_seeds_log_x_and_a_named_last_tick():
+    fig = plot_label_efficiency([1, 10, 100], {"pretrained": [[0.5, 0.7], [0.8, 0.8], [0.9, 0.9]],
+                                               "scratch": [0.2, 0.4, 0.8]}, "t", reference={"Bayes": 0.95},
+                                last_label="all")
+    assert isinstance(fig, Figure)
+    ax = fig.axes[0]
+    assert ax.get_xscale() == "log" and ax.get_title() == "t" and "per class" in ax.get_xlabel()
+    np.testing.assert_allclose(ax.lines[0].get_ydata(), [0.6, 0.8, 0.9])        # the mean over seeds
+    assert len(ax.lines[1].get_xdata()) == 6                                      # every seed as a dot
+    np.testing.assert_allclose(ax.lines[2].get_ydata(), [0.2, 0.4, 0.8])        # one seed: no dots
+    assert ax.lines[-1].get_ydata()[0] == 0.95
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["1", "10", "all"]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["pretrained", "scratch", "Bayes"]
+    with pytest.raises(ValueError, match=r"curve 'a' has shape \(2,\), expected \(3,\) or \(3, S\)"):
+        plot_label_efficiency([1, 10, 100], {"a": [0.1, 0.2]}, "t")
+    with pytest.raises(ValueError, match="values > 0"):
+        plot_label_efficiency([0, 10], {"a": [0.1, 0.2]}, "t")
