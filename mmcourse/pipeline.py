@@ -41,7 +41,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from .adapt import METHODS, few_shot, make_downstream_model, prepare
 from .data.dataset import MultimodalDataset, Split, make_loader, make_splits, take, to_device
@@ -51,7 +50,8 @@ from .joint import AnnotatedDataset, JointModel, MultitaskLoss
 from .metrics import accuracy
 from .pretrain import contrastive_step, make_stage1_model, stage1_evaluator
 from .robustness import ModalityDropout
-from .training import History, TrainConfig, accuracy_on, predict as predict_loader, read_checkpoint, train
+from .training import (History, TrainConfig, accuracy_on, classification_loss, predict as predict_loader,
+                       read_checkpoint, train)
 from .utils import (atomic_write, autocast, build_dir, channels_last, get_device, maybe_compile, peak_memory,
                     precision_name, project_root, reset_peak_memory)
 
@@ -511,11 +511,6 @@ def _stage2(run: _Run, stage1: nn.Module):
     return model.eval(), history
 
 
-def _cross_entropy(model, batch):
-    inputs, labels = batch
-    return F.cross_entropy(model(inputs), labels)
-
-
 def _stage3(run: _Run, joint: nn.Module):
     cfg, data = run.config, run.data
     torch.manual_seed(cfg.seed + 2)
@@ -529,7 +524,7 @@ def _stage3(run: _Run, joint: nn.Module):
     steps_per_epoch = -(-len(labelled) // cfg.adapt_batch)
     tc = run.train_config("adapt", epochs=-(-cfg.adapt_steps // steps_per_epoch), max_steps=cfg.adapt_steps,
                           lr=cfg.adapt_lr, eval_every=max(1, cfg.adapt_steps // cfg.evals))
-    history = _train_stage(run, "adapt", model, _cross_entropy, labelled, cfg.adapt_batch, tc,
+    history = _train_stage(run, "adapt", model, classification_loss, labelled, cfg.adapt_batch, tc,
                            lambda m: {"dev_accuracy": accuracy_on(m, dev, run.device)})
     model.input_spec = _input_spec(world)
     model.adapt_report = report

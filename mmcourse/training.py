@@ -572,7 +572,9 @@ def train(model: nn.Module, loss_fn: LossFn, loader: DataLoader, config: TrainCo
 
 # ----------------------------------------------------------------------------- classification helpers
 
-def _cross_entropy(model: nn.Module, batch) -> torch.Tensor:
+def classification_loss(model: nn.Module, batch) -> torch.Tensor:
+    """The loss function of plain classification for :func:`train`: cross-entropy of ``model(inputs)`` (B, C)
+    against ``target`` (B,), for a batch ``(inputs, target)``."""
     inputs, target = batch
     return nn.functional.cross_entropy(model(inputs), target)
 
@@ -583,7 +585,7 @@ def train_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, devi
         raise ValueError("the training loader yielded no batches")
     config = TrainConfig(epochs=1, schedule="constant", grad_clip=None, progress=False,
                          log_every=max(len(loader), 1))
-    return train(model, _cross_entropy, loader, config, device, optimizer=optimizer).train_loss[-1]
+    return train(model, classification_loss, loader, config, device, optimizer=optimizer).train_loss[-1]
 
 
 @torch.no_grad()
@@ -610,5 +612,5 @@ def fit(model: nn.Module, train_loader, dev_loader, optimizer, epochs: int, devi
         raise ValueError(f"epochs must be >= 1, got {epochs}")
     config = TrainConfig(epochs=epochs, schedule="constant", grad_clip=None, progress=False,
                          log_every=max(len(train_loader), 1))
-    return train(model, _cross_entropy, train_loader, config, device, optimizer=optimizer,
+    return train(model, classification_loss, train_loader, config, device, optimizer=optimizer,
                  evaluate=lambda m: {"dev_accuracy": accuracy_on(m, dev_loader, device)})

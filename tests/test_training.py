@@ -7,7 +7,7 @@ import torch
 from mmcourse.data.dataset import make_loader
 from mmcourse.data.text import WORLD_VOCAB
 from mmcourse.models import ReferenceConfig, ReferenceModel
-from mmcourse.training import History, fit, predict, train_epoch
+from mmcourse.training import History, classification_loss, fit, predict, train_epoch
 from mmcourse.utils import seed_everything
 
 CPU = torch.device("cpu")
@@ -445,3 +445,11 @@ def test_bad_setups_are_rejected_clearly():
               tiny_loader(data), TrainConfig(progress=False), CPU)
     with pytest.raises(ValueError, match="resume=True needs a checkpoint path"):
         train(tiny_model(), tiny_loss, tiny_loader(data), TrainConfig(), CPU, resume=True)
+
+
+def test_classification_loss_is_the_cross_entropy_of_the_models_logits():
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 4)
+    x, y = torch.randn(5, 3), torch.tensor([0, 3, 1, 1, 2])
+    expected = -torch.log_softmax(model(x), 1)[torch.arange(5), y].mean()
+    torch.testing.assert_close(classification_loss(model, (x, y)), expected)
