@@ -37,15 +37,11 @@ from .data.dataset import MultimodalDataset, Split, make_splits, subset
 from .data.world import SIZE_AND_MATERIAL, World, WorldConfig
 from .fusion import FusionModel, make_fusion
 from .models import count_parameters
+from .pretrain import make_contrastive_model
 
 METHODS = ("linear_probe", "top_layers", "full", "lora", "adapters", "prompt")
 LORA_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d)
 PROMPT_INIT_STD = 0.02     # prompt tokens start small and random, like token embeddings
-
-
-def trainable_parameters(module: nn.Module) -> int:
-    """Number of parameter elements with ``requires_grad`` (what an optimizer would update)."""
-    return count_parameters(module, trainable_only=True)
 
 
 def _modules(root: nn.Module, names, what: str) -> dict[str, nn.Module]:
@@ -419,7 +415,7 @@ def prepare(model: nn.Module, method: str, *, backbone: str = "encoders", top: S
             p.requires_grad_(True)
     _keep_frozen_norms_in_eval(body)
     model.adaptation = method
-    return AdaptReport(method, trainable_parameters(model), count_parameters(model), tuple(added))
+    return AdaptReport(method, count_parameters(model, trainable_only=True), count_parameters(model), tuple(added))
 
 
 # ----------------------------------------------------------------------------- the downstream task
@@ -514,7 +510,6 @@ def make_downstream_model(stage1: nn.Module | None, num_classes: int, fusion: st
         A :class:`~mmcourse.fusion.FusionModel`; ``.encoders`` is the pretrained backbone.
     """
     if stage1 is None:
-        from .pretrain import make_contrastive_model    # noqa: PLC0415 (pretrain imports training; keep adapt light)
         encoders = dict(make_contrastive_model().encoders)
     else:
         source = getattr(stage1, "encoders", None)

@@ -36,7 +36,7 @@ N_FFT = 256
 N_MELS = 32
 
 
-def _check(x: torch.Tensor, name: str, dims: int, float_: bool | None, trailing: tuple = ()) -> None:
+def check_input(x: torch.Tensor, name: str, dims: int, float_: bool | None, trailing: tuple = ()) -> None:
     """Raise a ValueError naming ``name`` unless ``x`` has ``dims`` dims, the dtype kind and trailing sizes.
 
     A ``str`` in ``trailing`` (e.g. ``"S"``) accepts any size and names it in the message.
@@ -89,7 +89,7 @@ class _TextEncoder(Encoder):
         self.embedding = nn.Embedding(vocab_size, dim, padding_idx=PAD_ID)
 
     def _embed(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        _check(ids, "text", 2, float_=False)
+        check_input(ids, "text", 2, float_=False)
         if self.max_len is not None and ids.shape[1] > self.max_len:
             raise ValueError(f"text has {ids.shape[1]} tokens, more than max_len={self.max_len}")
         return self.embedding(ids), ids != PAD_ID                   # (B, L, D), (B, L)
@@ -166,7 +166,7 @@ class _ImageEncoder(Encoder):
 
     def _check_image(self, x: torch.Tensor) -> None:
         s = self.image_size
-        _check(x, "image", 4, float_=True, trailing=(3, s, s) if s else (3, "S", "S"))
+        check_input(x, "image", 4, float_=True, trailing=(3, s, s) if s else (3, "S", "S"))
 
 
 class MLPImageEncoder(_ImageEncoder):
@@ -272,7 +272,7 @@ class LogMel(nn.Module):
         self.register_buffer("filterbank", mel_filterbank(n_fft // 2 + 1, n_mels, sample_rate), persistent=False)
 
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
-        _check(wave, "audio", 2, float_=True)
+        check_input(wave, "audio", 2, float_=True)
         if wave.shape[1] < self.n_fft:
             raise ValueError(f"audio must have at least n_fft={self.n_fft} samples, got {wave.shape[1]}")
         return log_mel_spectrogram(wave.float(), self.sample_rate, self.n_fft, self.hop,  # stft has no bf16 kernel
@@ -321,7 +321,7 @@ class MLPTabularEncoder(Encoder):
                                  nn.ReLU(), nn.Linear(hidden, dim), nn.ReLU())
 
     def forward(self, x):
-        _check(x, "tabular", 2, float_=True, trailing=(self.in_features,))
+        check_input(x, "tabular", 2, float_=True, trailing=(self.in_features,))
         return self.mlp(x)
 
 

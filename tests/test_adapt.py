@@ -8,10 +8,11 @@ from torch import nn
 
 from mmcourse.adapt import (METHODS, Adapted, Adapter, LoRA, PromptTuning, add_adapters, add_lora, add_prompts,
                             downstream_data, downstream_world, few_shot, last_layers, lora_parameters,
-                            make_downstream_model, merge_lora, prepare, stage3_config, trainable_parameters)
+                            make_downstream_model, merge_lora, prepare, stage3_config)
 from mmcourse.data import bayes_table, generate, make_loader
 from mmcourse.data.world import SIZE_AND_MATERIAL
 from mmcourse.encoders import TransformerTextEncoder
+from mmcourse.models import count_parameters
 from mmcourse.pretrain import make_contrastive_model
 from mmcourse.training import TrainConfig, train
 
@@ -198,7 +199,7 @@ def test_every_method_trains_the_head_and_reports_what_it_trains(batch):
         before = model(inputs)
         report = prepare(model, method)
         reports[method] = report
-        assert report.method == method and report.trainable == trainable_parameters(model)
+        assert report.method == method and report.trainable == count_parameters(model, trainable_only=True)
         assert all(p.requires_grad for n, p in model.named_parameters() if not n.startswith("encoders."))
         if method != "top_layers":            # LoRA, adapters: exactly the pretrained function at the start
             torch.testing.assert_close(model.eval()(inputs), before, rtol=1e-5, atol=1e-6)
