@@ -49,6 +49,7 @@ import io
 import math
 import os
 import time
+import warnings
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Callable, Mapping
@@ -285,6 +286,31 @@ def save_checkpoint(path, contents: Mapping) -> Path:
     buffer = io.BytesIO()
     torch.save(dict(contents), buffer)          # serialise fully before touching the disk
     return atomic_write(path, lambda f: f.write(buffer.getbuffer()))
+
+
+def load_or_train(path, build_model: Callable[[], nn.Module], train_fn: Callable[[bool], nn.Module],
+                  device) -> nn.Module:
+    """An earlier chapter's model from its declared checkpoint ``path``, trained first when it is not there.
+
+    A finished checkpoint loads into ``build_model()``; an unfinished one is continued by
+    ``train_fn(True)`` (resume), and a missing one trained by it; one saved from a different
+    model (e.g. after a code change) is retrained afresh by ``train_fn(False)``, with a warning.
+    ``train_fn(resume)`` must train with ``checkpoint=path`` and return the trained model.
+
+    Returns:
+        the model on ``device``, in eval mode.
+    """
+    path = Path(path)
+    if path.is_file():
+        model = build_model()
+        try:
+            finished = load_checkpoint(path, model)["run"]["finished"]
+        except ValueError as exc:
+            warnings.warn(f"retraining {path.name}: {exc}", stacklevel=2)
+            return train_fn(False).to(device).eval()
+        if finished:
+            return model.to(device).eval()
+    return train_fn(True).to(device).eval()
 
 
 # ----------------------------------------------------------------------------- room for distributed training
