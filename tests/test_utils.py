@@ -199,3 +199,41 @@ def test_precision_and_peak_memory_say_what_they_are():
     reset_peak_memory("cpu")                   # a no-op on a CPU
     mib, kind = peak_memory("cpu")
     assert 10 < mib < 1e6 and kind == "process peak RSS (CPU, since start)"
+
+
+# --- configure_threads ---
+
+def test_configure_threads_uses_one_thread_on_a_cpu_for_torch_and_blas(monkeypatch):
+    from threadpoolctl import threadpool_info
+
+    from mmcourse.utils import SMALL_MODEL_THREADS, THREADS_ENV, configure_threads
+    monkeypatch.delenv(THREADS_ENV, raising=False)
+    torch.set_num_threads(2)
+    assert configure_threads("cpu") == SMALL_MODEL_THREADS == torch.get_num_threads() == 1
+    assert all(pool["num_threads"] == 1 for pool in threadpool_info())
+
+
+def test_configure_threads_takes_an_argument_or_the_environment(monkeypatch):
+    from mmcourse.utils import THREADS_ENV, configure_threads
+    monkeypatch.setenv(THREADS_ENV, "2")
+    assert configure_threads("cpu") == 2 == torch.get_num_threads()
+    assert configure_threads("cpu", threads=1) == 1 == torch.get_num_threads()
+
+
+def test_configure_threads_leaves_a_gpu_run_alone_unless_asked(monkeypatch):
+    from mmcourse.utils import THREADS_ENV, configure_threads
+    monkeypatch.delenv(THREADS_ENV, raising=False)
+    torch.set_num_threads(2)
+    assert configure_threads("meta") == 2 == torch.get_num_threads()    # any non-CPU device
+    assert configure_threads("meta", threads=1) == 1
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, "two", True])
+def test_configure_threads_rejects_a_bad_count(bad, monkeypatch):
+    from mmcourse.utils import THREADS_ENV, configure_threads
+    monkeypatch.delenv(THREADS_ENV, raising=False)
+    with pytest.raises(ValueError, match="threads must be a positive int"):
+        configure_threads("cpu", threads=bad)
+    monkeypatch.setenv(THREADS_ENV, str(bad))
+    with pytest.raises(ValueError, match=r"\$MMCOURSE_THREADS must be a positive int"):
+        configure_threads("cpu")
