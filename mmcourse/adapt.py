@@ -32,14 +32,13 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from .config import Profile, get_profile
+from .config import METHODS, Profile, get_profile, stage3_config
 from .data.dataset import MultimodalDataset, Split, make_splits, subset
 from .data.world import SIZE_AND_MATERIAL, World, WorldConfig
 from .fusion import FusionModel, make_fusion
 from .models import count_parameters
 from .pretrain import make_contrastive_model
 
-METHODS = ("linear_probe", "top_layers", "full", "lora", "adapters", "prompt")
 LORA_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d)
 PROMPT_INIT_STD = 0.02     # prompt tokens start small and random, like token embeddings
 
@@ -420,49 +419,14 @@ def prepare(model: nn.Module, method: str, *, backbone: str = "encoders", top: S
 
 # ----------------------------------------------------------------------------- the downstream task
 
-@dataclass(frozen=True)
-class Stage3Config:
-    """How the downstream task is sized and trained in a profile.
-
-    Attributes:
-        train_size: labelled training scenes generated (few-shot subsets are drawn from them).
-        dev_size, test_size: evaluation scenes.
-        steps: optimizer steps of one adaptation run.
-        batch_size: scenes per step.
-        lr: peak learning rate (warm-up, cosine decay).
-    """
-
-    train_size: int
-    dev_size: int
-    test_size: int
-    steps: int
-    batch_size: int = 64
-    lr: float = 2e-3
-
-
-STAGE3 = {
-    "smoke": Stage3Config(train_size=2000, dev_size=500, test_size=1000, steps=40),
-    "default": Stage3Config(train_size=8000, dev_size=2000, test_size=5000, steps=300),
-    "full": Stage3Config(train_size=40000, dev_size=5000, test_size=20000, steps=1500, batch_size=256),
-}
-
-
-def stage3_config(profile: Profile | str) -> Stage3Config:
-    """The :class:`Stage3Config` of a profile (or profile name)."""
-    profile = profile if isinstance(profile, Profile) else get_profile(profile)
-    if profile.name not in STAGE3:
-        raise ValueError(f"no stage-3 settings for profile {profile.name!r}; known: {list(STAGE3)}")
-    return STAGE3[profile.name]
-
-
 def downstream_world(profile: Profile | str) -> World:
     """The profile's world with chapter 08's label rule (``size_and_material``, 8 classes)."""
-    profile = profile if isinstance(profile, Profile) else get_profile(profile)
+    profile = get_profile(profile)
     return World(WorldConfig(image_size=profile.image_size, label_rule=SIZE_AND_MATERIAL.name))
 
 
 def downstream_data(profile: Profile | str, seed: int) -> dict[str, MultimodalDataset]:
-    """Train/dev/test splits of the downstream task, sized by :func:`stage3_config`.
+    """Train/dev/test splits of the downstream task, sized by :func:`mmcourse.config.stage3_config`.
 
     The scenes come from the same world as stages 1 and 2 (the same seed gives the same
     dev and test scenes as :func:`mmcourse.pretrain.stage1_data`); only the labels are new.

@@ -6,9 +6,10 @@ import pytest
 import torch
 from torch import nn
 
-from mmcourse.adapt import (METHODS, Adapted, Adapter, LoRA, PromptTuning, add_adapters, add_lora, add_prompts,
+from mmcourse.adapt import (Adapted, Adapter, LoRA, PromptTuning, add_adapters, add_lora, add_prompts,
                             downstream_data, downstream_world, few_shot, last_layers, lora_parameters,
-                            make_downstream_model, merge_lora, prepare, stage3_config)
+                            make_downstream_model, merge_lora, prepare)
+from mmcourse.config import METHODS, stage3_config
 from mmcourse.data import bayes_table, generate, make_loader
 from mmcourse.data.world import SIZE_AND_MATERIAL
 from mmcourse.encoders import TransformerTextEncoder
