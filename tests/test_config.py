@@ -79,7 +79,7 @@ def test_every_profile_has_stage_settings_and_an_unknown_one_is_named(resolve):
 
 def test_stage_tables_without_a_profile_entry_are_named(monkeypatch):
     monkeypatch.setitem(PROFILES, "tiny", replace(PROFILES["smoke"], name="tiny"))
-    with pytest.raises(ValueError, match="no stage-2 settings for profile 'tiny'; known: \\['smoke', 'default', 'full'\\]"):
+    with pytest.raises(ValueError, match=r"no stage-2 settings for profile 'tiny'; known: \['smoke'"):
         joint_config("tiny")
 
 
@@ -139,7 +139,8 @@ FLAT = {
 MOVED = {"eval_size": ["pretrain.eval_size", "joint.eval_size", "adapt.eval_size"],
          "dev_size": ["dev_size", "adapt.dev_size"], "test_size": ["test_size", "adapt.test_size"],
          "stage1_pairs": ["pretrain.train_size"], "stage1_epochs": ["pretrain.epochs"],
-         "stage1_batch": ["pretrain.batch_size"], "stage1_lr": ["pretrain.lr"], "stage1_warmup": ["pretrain.warmup_steps"],
+         "stage1_batch": ["pretrain.batch_size"], "stage1_lr": ["pretrain.lr"],
+         "stage1_warmup": ["pretrain.warmup_steps"],
          "joint_train": ["joint.train_size"], "joint_epochs": ["joint.epochs"], "joint_batch": ["joint.batch_size"],
          "joint_lr": ["joint.lr"], "joint_dropout": ["joint.modality_dropout"], "aux_weight": ["joint.aux_weight"],
          "adapt_method": ["adapt.method"], "adapt_per_class": ["adapt.per_class"], "adapt_pool": ["adapt.train_size"],
