@@ -14,6 +14,8 @@ alternatives that grew out of it, all working in place on any ``nn.Module``
 
 LoRA's B, the adapters' up-projection start at zero, so every method starts from
 exactly the pretrained function; :func:`prepare` reports the trainable parameters.
+Everything a method adds is created on the device and in the dtype of the parameters it
+adapts, so a model on a GPU (or in float64) is adapted where it is.
 
 Also here: the downstream task's data (:func:`downstream_data`, label rule
 ``size_and_material``), :func:`few_shot` subsets, and :func:`make_downstream_model`.
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import copy
 import math
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
@@ -32,16 +35,23 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from .config import Profile, get_profile
+from .config import METHODS, Profile, get_profile, stage3_config
 from .data.dataset import MultimodalDataset, Split, make_splits, subset
 from .data.world import SIZE_AND_MATERIAL, World, WorldConfig
 from .fusion import FusionModel, make_fusion
 from .models import count_parameters
 from .pretrain import make_contrastive_model
 
-METHODS = ("linear_probe", "top_layers", "full", "lora", "adapters", "prompt")
 LORA_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d)
 PROMPT_INIT_STD = 0.02     # prompt tokens start small and random, like token embeddings
+
+
+def _placement(module: nn.Module) -> dict:
+    """``{"device": ..., "dtype": ...}`` of a module's first floating-point parameter ({} without one)."""
+    for p in module.parameters():
+        if p.is_floating_point():
+            return {"device": p.device, "dtype": p.dtype}
+    return {}
 
 
 def _modules(root: nn.Module, names, what: str) -> dict[str, nn.Module]:
@@ -76,9 +86,10 @@ class LoRA(nn.Module):
             raise ValueError(f"LoRA needs a weight with >= 2 dims, got shape {tuple(weight.shape)}")
         fan_out, fan_in = weight.shape[0], weight[0].numel()
         self.rank, self.alpha = rank, float(rank if alpha is None else alpha)
-        self.A = nn.Parameter(torch.empty(rank, fan_in, device=weight.device))
+        place = {"device": weight.device, "dtype": weight.dtype}
+        self.A = nn.Parameter(torch.empty(rank, fan_in, **place))              # (r, fan_in)
         nn.init.kaiming_uniform_(self.A, a=math.sqrt(5))
-        self.B = nn.Parameter(torch.zeros(fan_out, rank, device=weight.device))
+        self.B = nn.Parameter(torch.zeros(fan_out, rank, **place))             # (fan_out, r)
 
     @property
     def scale(self) -> float:
@@ -160,9 +171,10 @@ class Adapter(nn.Module):
         bottleneck: the hidden width (D -> bottleneck -> D).
         channel_dim: where D lies in the input: -1 (last, e.g. (B, D) or (B, L, D)) or 1
             (channels first, e.g. a convolution's (B, D, H, W)).
+        device, dtype: of its parameters (None: torch's defaults).
     """
 
-    def __init__(self, dim: int, bottleneck: int = 16, channel_dim: int = -1):
+    def __init__(self, dim: int, bottleneck: int = 16, channel_dim: int = -1, *, device=None, dtype=None):
         super().__init__()
         for value, name in ((dim, "dim"), (bottleneck, "bottleneck")):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -170,8 +182,8 @@ class Adapter(nn.Module):
         if channel_dim not in (-1, 1):
             raise ValueError(f"channel_dim must be -1 or 1, got {channel_dim!r}")
         self.dim, self.channel_dim = dim, channel_dim
-        self.down = nn.Linear(dim, bottleneck)
-        self.up = nn.Linear(bottleneck, dim)
+        self.down = nn.Linear(dim, bottleneck, device=device, dtype=dtype)
+        self.up = nn.Linear(bottleneck, dim, device=device, dtype=dtype)
         nn.init.zeros_(self.up.weight)
         nn.init.zeros_(self.up.bias)
 
@@ -248,7 +260,8 @@ def add_adapters(module: nn.Module, targets: Sequence[str], bottleneck: int = 16
         if shape is None:
             raise ValueError(f"targets: cannot tell the output width of {name!r} ({type(layer).__name__}); "
                              f"pass dims={{{name!r}: D}}")
-        _replace(module, name, Adapted(layer, Adapter(shape[0], bottleneck, shape[1])))
+        adapter = Adapter(shape[0], bottleneck, shape[1], **_placement(layer))     # where the layer's weights are
+        _replace(module, name, Adapted(layer, adapter))
     return list(chosen)
 
 
@@ -263,12 +276,12 @@ class PromptTuning(nn.Module):
     outputs stay aligned with the input tokens.
     """
 
-    def __init__(self, n_tokens: int, dim: int):
+    def __init__(self, n_tokens: int, dim: int, *, device=None, dtype=None):
         super().__init__()
         for value, name in ((n_tokens, "n_tokens"), (dim, "dim")):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-        self.prompts = nn.Parameter(torch.randn(n_tokens, dim) * PROMPT_INIT_STD)
+        self.prompts = nn.Parameter(torch.randn(n_tokens, dim, device=device, dtype=dtype) * PROMPT_INIT_STD)
 
     @property
     def n_tokens(self) -> int:
@@ -306,7 +319,7 @@ def add_prompts(module: nn.Module, n_tokens: int = 8) -> list[str]:
             dim = getattr(sub, "prompt_dim", None) or getattr(sub, "out_dim", None)
             if not isinstance(dim, int):
                 raise ValueError(f"{name!r} has a prompt slot but no prompt_dim/out_dim")
-            sub.prompt = PromptTuning(n_tokens, dim).to(next(sub.parameters()).device)
+            sub.prompt = PromptTuning(n_tokens, dim, **_placement(sub))
             names.append(name)
     if not names:
         raise ValueError(f"{type(module).__name__} has no token encoder with a `prompt` slot: prompt tuning needs a "
@@ -420,49 +433,14 @@ def prepare(model: nn.Module, method: str, *, backbone: str = "encoders", top: S
 
 # ----------------------------------------------------------------------------- the downstream task
 
-@dataclass(frozen=True)
-class Stage3Config:
-    """How the downstream task is sized and trained in a profile.
-
-    Attributes:
-        train_size: labelled training scenes generated (few-shot subsets are drawn from them).
-        dev_size, test_size: evaluation scenes.
-        steps: optimizer steps of one adaptation run.
-        batch_size: scenes per step.
-        lr: peak learning rate (warm-up, cosine decay).
-    """
-
-    train_size: int
-    dev_size: int
-    test_size: int
-    steps: int
-    batch_size: int = 64
-    lr: float = 2e-3
-
-
-STAGE3 = {
-    "smoke": Stage3Config(train_size=2000, dev_size=500, test_size=1000, steps=40),
-    "default": Stage3Config(train_size=8000, dev_size=2000, test_size=5000, steps=300),
-    "full": Stage3Config(train_size=40000, dev_size=5000, test_size=20000, steps=1500, batch_size=256),
-}
-
-
-def stage3_config(profile: Profile | str) -> Stage3Config:
-    """The :class:`Stage3Config` of a profile (or profile name)."""
-    profile = profile if isinstance(profile, Profile) else get_profile(profile)
-    if profile.name not in STAGE3:
-        raise ValueError(f"no stage-3 settings for profile {profile.name!r}; known: {list(STAGE3)}")
-    return STAGE3[profile.name]
-
-
 def downstream_world(profile: Profile | str) -> World:
     """The profile's world with chapter 08's label rule (``size_and_material``, 8 classes)."""
-    profile = profile if isinstance(profile, Profile) else get_profile(profile)
+    profile = get_profile(profile)
     return World(WorldConfig(image_size=profile.image_size, label_rule=SIZE_AND_MATERIAL.name))
 
 
 def downstream_data(profile: Profile | str, seed: int) -> dict[str, MultimodalDataset]:
-    """Train/dev/test splits of the downstream task, sized by :func:`stage3_config`.
+    """Train/dev/test splits of the downstream task, sized by :func:`mmcourse.config.stage3_config`.
 
     The scenes come from the same world as stages 1 and 2 (the same seed gives the same
     dev and test scenes as :func:`mmcourse.pretrain.stage1_data`); only the labels are new.
@@ -494,8 +472,10 @@ def few_shot(dataset: MultimodalDataset, per_class: int, seed: int = 0) -> Multi
 
 
 def make_downstream_model(stage1: nn.Module | None, num_classes: int, fusion: str = "concat", layers: int = 0,
-                          hidden: int = 64) -> FusionModel:
+                          hidden: int = 64, seed: int | None = None) -> FusionModel:
     """A classifier for the downstream task on top of stage-1 (or stage-2) encoders.
+
+    The whole model is on the device (and in the dtype) of the encoders' parameters.
 
     Args:
         stage1: a model with an ``encoders`` ModuleDict (copied; the original is untouched),
@@ -505,17 +485,28 @@ def make_downstream_model(stage1: nn.Module | None, num_classes: int, fusion: st
         layers: hidden layers of a ``concat`` fusion (0: the head is a single Linear layer on the
             concatenated features, so ``linear_probe`` is a true linear probe).
         hidden: H of the fusion when it has hidden layers.
+        seed: seeds the new layers (the fusion, the head and, without ``stage1``, the encoders),
+            on the CPU and without touching torch's global generator; None: they are drawn from
+            the global generator.
 
     Returns:
         A :class:`~mmcourse.fusion.FusionModel`; ``.encoders`` is the pretrained backbone.
     """
-    if stage1 is None:
-        encoders = dict(make_contrastive_model().encoders)
-    else:
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise TypeError(f"seed must be an int or None, got {type(seed).__name__}")
+    source = None
+    if stage1 is not None:
         source = getattr(stage1, "encoders", None)
         if not isinstance(source, nn.ModuleDict):
             raise TypeError(f"stage1 must have an nn.ModuleDict .encoders, got {type(stage1).__name__}")
-        encoders = copy.deepcopy(dict(source))
-    in_dims = {m: enc.out_dim for m, enc in encoders.items()}
-    options = {"layers": layers} if fusion == "concat" else {}
-    return FusionModel(make_fusion(fusion, in_dims, hidden, num_classes, **options), num_classes, encoders)
+    with torch.random.fork_rng(devices=[]) if seed is not None else nullcontext():
+        if seed is not None:
+            torch.manual_seed(seed)
+        encoders = dict(make_contrastive_model().encoders) if source is None else copy.deepcopy(dict(source))
+        in_dims = {m: enc.out_dim for m, enc in encoders.items()}
+        options = {"layers": layers} if fusion == "concat" else {}
+        model = FusionModel(make_fusion(fusion, in_dims, hidden, num_classes, **options), num_classes, encoders)
+    place = _placement(model.encoders)
+    model.fusion.to(**place)
+    model.head.to(**place)
+    return model

@@ -23,6 +23,20 @@ def _check_pair(pred, true) -> tuple[np.ndarray, np.ndarray]:
     return pred, true
 
 
+SHOWN_LABELS = 5   # out-of-range labels listed in an error message
+
+
+def _check_labels(pred: np.ndarray, true: np.ndarray, num_classes: int) -> None:
+    """Every label of ``pred`` and ``true`` must be an integer class index in [0, C)."""
+    for name, x in (("pred", pred), ("true", true)):
+        if not np.issubdtype(x.dtype, np.integer):
+            raise ValueError(f"{name} must hold integer class indices, got dtype {x.dtype}")
+        bad = np.unique(x[(x < 0) | (x >= num_classes)])
+        if len(bad):
+            shown = ", ".join(str(v) for v in bad[:SHOWN_LABELS]) + (", ..." if len(bad) > SHOWN_LABELS else "")
+            raise ValueError(f"{name} holds labels outside [0, {num_classes}) for C = {num_classes} classes: {shown}")
+
+
 def accuracy(pred, true) -> float:
     """Fraction of predictions equal to the labels: (N,), (N,) -> float."""
     pred, true = _check_pair(pred, true)
@@ -32,9 +46,22 @@ def accuracy(pred, true) -> float:
 def classification_report(pred, true, class_names, digits: int = 3) -> tuple[str, dict]:
     """Per-class precision, recall, F1 and support, with micro, macro and weighted averages.
 
-    The layout follows the article's §5.4 table. Returns the text and a dict.
+    The layout follows the article's §5.4 table: one row per class, then the micro, macro
+    and weighted averages (every class is listed, so micro precision = recall = F1 = accuracy).
+
+    Args:
+        pred, true: (N,) integer class indices in [0, C).
+        class_names: the C names, in class-index order.
+        digits: decimals printed.
+
+    Returns:
+        The text and a dict (keys: the class names, ``"micro avg"``, ``"macro avg"``, ``"weighted avg"``).
+
+    Raises:
+        ValueError: for inputs of different lengths, or a label outside [0, C) (naming the array and the labels).
     """
     pred, true = _check_pair(pred, true)
+    _check_labels(pred, true, len(class_names))
     labels = list(range(len(class_names)))
     kwargs = dict(labels=labels, target_names=list(class_names), zero_division=0)
     text = skm.classification_report(true, pred, digits=digits, **kwargs)
@@ -50,8 +77,13 @@ def classification_report(pred, true, class_names, digits: int = 3) -> tuple[str
 
 
 def confusion_matrix(pred, true, num_classes: int) -> np.ndarray:
-    """Counts (C, C): row = true class, column = predicted class."""
+    """Counts (C, C): row = true class, column = predicted class; every sample is counted once.
+
+    Raises:
+        ValueError: for inputs of different lengths, or a label outside [0, C) (naming the array and the labels).
+    """
     pred, true = _check_pair(pred, true)
+    _check_labels(pred, true, num_classes)
     return skm.confusion_matrix(true, pred, labels=list(range(num_classes)))
 
 

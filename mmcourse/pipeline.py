@@ -11,6 +11,9 @@
 3. ``"adapt"``: the stage-2 encoders adapted to the downstream task ``size_and_material``
    from a few labels per class (:mod:`mmcourse.adapt`, chapter 08).
 
+Its settings, a :class:`mmcourse.config.PipelineConfig` (:func:`mmcourse.config.pipeline_config`),
+nest one settings object per stage, each the chapter's with a shorter budget.
+
 Every stage writes its checkpoint to ``build/pipeline/<profile>_seed<seed>/stage<k>.pt``
 and its TensorBoard scalars to ``build/tensorboard/pipeline_<profile>_seed<seed>/stage<k>_<name>``.
 A run that stops (``stop_after``, a crash, a lost machine) continues where it stopped
@@ -42,13 +45,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from .adapt import METHODS, few_shot, make_downstream_model, prepare
+from .adapt import few_shot, make_downstream_model, prepare
+from .config import DOWNSTREAM_TASK, MAIN_TASK, PipelineConfig
 from .data.dataset import MultimodalDataset, Split, make_loader, make_splits, take, to_device
 from .data.text import PAD_ID, Tokenizer
-from .data.world import LABEL_RULES, World, WorldConfig
+from .data.world import World, WorldConfig
 from .joint import AnnotatedDataset, JointModel, MultitaskLoss
 from .metrics import accuracy
-from .pretrain import contrastive_step, make_stage1_model, stage1_evaluator
+from .pretrain import contrastive_step, make_contrastive_model, stage1_evaluator
 from .robustness import ModalityDropout
 from .training import (History, TrainConfig, accuracy_on, classification_loss, predict as predict_loader,
                        read_checkpoint, train)
@@ -56,8 +60,6 @@ from .utils import (atomic_write, autocast, build_dir, channels_last, get_device
                     precision_name, project_root, reset_peak_memory)
 
 STAGES = ("pretrain", "joint", "adapt")
-MAIN_TASK = "shape_and_sound"
-DOWNSTREAM_TASK = "size_and_material"
 MODALITIES = ("audio", "image", "text")
 STATS_FILE = "stats.json"
 
@@ -82,125 +84,7 @@ def _shown(path: Path) -> str:
         return str(path)
 
 
-# ----------------------------------------------------------------------------- configuration
-
-@dataclass(frozen=True)
-class PipelineConfig:
-    """Sizes and settings of the three stages (every field a plain value, stored with the run).
-
-    Attributes:
-        profile: the profile name the sizes come from (names the run folder).
-        seed: seeds the data, the initialisations and the shuffling.
-        image_size: S, the side of the rendered images (64 in ``full``).
-        dev_size, test_size: scenes in the dev and test splits of each task.
-        eval_size: dev scenes scored at every evaluation of a stage.
-        stage1_pairs, stage1_epochs, stage1_batch, stage1_lr, stage1_warmup: stage 1 (unlabeled pairs).
-        joint_train, joint_epochs, joint_batch, joint_lr: stage 2 (labelled scenes of the main task).
-        joint_dropout: modality dropout of stage 2 (chapter 07: it brings every subset to its limit).
-        aux_weight: weight of the image-text matching and contrastive losses in stage 2.
-        adapt_method: how stage 3 adapts (a name of ``mmcourse.adapt.METHODS``).
-        adapt_per_class: labelled downstream scenes per class; adapt_pool: scenes they are drawn from.
-        adapt_steps, adapt_batch, adapt_lr: stage 3's optimizer steps, batch and learning rate.
-        adapt_dropout: modality dropout of stage 3 (so that the new head works with a modality missing).
-        evals: evaluations per stage (spread evenly over its steps).
-        checkpoint_every: steps between checkpoints within a stage (one is always written at its end).
-        compile: ``"auto"`` (torch.compile on CUDA), ``"on"`` or ``"off"`` (:func:`mmcourse.utils.maybe_compile`).
-    """
-
-    profile: str
-    seed: int = 0
-    image_size: int = 32
-    dev_size: int = 1000
-    test_size: int = 2000
-    eval_size: int = 500
-    stage1_pairs: int = 10000
-    stage1_epochs: int = 3
-    stage1_batch: int = 256
-    stage1_lr: float = 2e-3
-    stage1_warmup: int = 20
-    joint_train: int = 10000
-    joint_epochs: int = 2
-    joint_batch: int = 64
-    joint_lr: float = 2e-3
-    joint_dropout: float = 0.25
-    aux_weight: float = 0.1
-    adapt_method: str = "lora"
-    adapt_per_class: int = 10
-    adapt_pool: int = 1000
-    adapt_steps: int = 200
-    adapt_batch: int = 64
-    adapt_lr: float = 3e-3
-    adapt_dropout: float = 0.3
-    evals: int = 4
-    checkpoint_every: int = 50
-    compile: str = "auto"
-
-    def __post_init__(self):
-        for name in ("seed",):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
-                raise ValueError(f"PipelineConfig.{name} must be an int >= 0, got {getattr(self, name)!r}")
-        for name in ("image_size", "dev_size", "test_size", "eval_size", "stage1_pairs", "stage1_epochs",
-                     "stage1_batch", "joint_train", "joint_epochs", "joint_batch", "adapt_per_class", "adapt_pool",
-                     "adapt_steps", "adapt_batch", "evals", "checkpoint_every"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"PipelineConfig.{name} must be a positive int, got {value!r}")
-        for name in ("joint_dropout", "adapt_dropout"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise ValueError(f"PipelineConfig.{name} must be in [0, 1), got {getattr(self, name)!r}")
-        if self.adapt_method not in METHODS:
-            raise ValueError(f"PipelineConfig.adapt_method must be one of {METHODS}, got {self.adapt_method!r}")
-        if self.compile not in ("auto", "on", "off"):
-            raise ValueError(f"PipelineConfig.compile must be 'auto', 'on' or 'off', got {self.compile!r}")
-        classes = LABEL_RULES[DOWNSTREAM_TASK].num_classes
-        if self.adapt_pool < classes * self.adapt_per_class:
-            raise ValueError(f"PipelineConfig.adapt_pool ({self.adapt_pool}) must hold at least "
-                             f"{classes} classes x adapt_per_class ({self.adapt_per_class}) scenes")
-
-    @property
-    def name(self) -> str:
-        """The run's name: ``<profile>_seed<seed>``."""
-        return f"{self.profile}_seed{self.seed}"
-
-    def rows(self) -> list[tuple[str, str, str]]:
-        """(stage, setting, value) rows for a table of the configuration."""
-        return [
-            ("data", "image side S", str(self.image_size)),
-            ("data", "dev / test scenes per task", f"{self.dev_size} / {self.test_size}"),
-            ("1 pretrain", "unlabeled pairs x epochs", f"{self.stage1_pairs} x {self.stage1_epochs}"),
-            ("1 pretrain", "batch, peak lr", f"{self.stage1_batch}, {self.stage1_lr:g}"),
-            ("2 joint", f"labelled scenes ({MAIN_TASK}) x epochs", f"{self.joint_train} x {self.joint_epochs}"),
-            ("2 joint", "batch, lr, modality dropout", f"{self.joint_batch}, {self.joint_lr:g}, {self.joint_dropout:g}"),
-            ("3 adapt", f"method, labels per class ({DOWNSTREAM_TASK})", f"{self.adapt_method}, {self.adapt_per_class}"),
-            ("3 adapt", "steps, batch, lr", f"{self.adapt_steps}, {self.adapt_batch}, {self.adapt_lr:g}"),
-            ("all", "checkpoint every, compile", f"{self.checkpoint_every} steps, {self.compile}"),
-        ]
-
-
-PIPELINE = {
-    "smoke": PipelineConfig("smoke", dev_size=300, test_size=500, eval_size=300, stage1_pairs=1500, stage1_epochs=1,
-                            stage1_batch=128, stage1_warmup=3, joint_train=1500, joint_epochs=1, adapt_pool=400,
-                            adapt_steps=40, evals=2, checkpoint_every=5),
-    "default": PipelineConfig("default"),
-    "full": PipelineConfig("full", image_size=64, dev_size=5000, test_size=10000, eval_size=2000, stage1_pairs=60000,
-                           stage1_epochs=10, stage1_batch=512, stage1_lr=3e-3, stage1_warmup=100, joint_train=60000,
-                           joint_epochs=4, joint_batch=128, adapt_per_class=20, adapt_pool=5000, adapt_steps=600,
-                           adapt_batch=128, evals=8, checkpoint_every=200),
-}
-
-
-def pipeline_config(profile, seed: int = 0, **overrides) -> PipelineConfig:
-    """The :class:`PipelineConfig` of a profile (a Profile or its name), with ``seed`` and any field overridden.
-
-    ``smoke``: about 10 s of training on one CPU thread; ``default``: about two minutes (measured
-    at about 600 samples/s on one thread of a busy 2-core machine); ``full``: sized for one GPU
-    (64x64 images, 60,000 scenes, more epochs).
-    """
-    name = getattr(profile, "name", profile)
-    if name not in PIPELINE:
-        raise ValueError(f"no pipeline settings for profile {name!r}; known: {list(PIPELINE)}")
-    return replace(PIPELINE[name], seed=seed, **overrides)
-
+# ----------------------------------------------------------------------------- run folders
 
 def run_dir(config: PipelineConfig) -> Path:
     """Where a run's checkpoints and stats go: ``build/pipeline/<profile>_seed<seed>/``."""
@@ -223,15 +107,16 @@ def _stage_index(stage: str) -> int:
 def pipeline_data(config: PipelineConfig) -> dict[str, dict[str, MultimodalDataset]]:
     """The data of a run: ``{"main": splits of shape_and_sound, "downstream": splits of size_and_material}``.
 
-    Stage 1 reads the first ``stage1_pairs`` main training scenes (without their labels),
-    stage 2 the first ``joint_train`` (with them). The downstream task has fresh scenes
-    (another seed); its ``"train"`` is the pool the few labels are drawn from.
+    Stage 1 reads the first ``pretrain.train_size`` main training scenes (without their labels),
+    stage 2 the first ``joint.train_size`` (with them). The downstream task has fresh scenes
+    (another seed); its ``"train"`` is the pool of ``adapt.train_size`` scenes the few labels are drawn from.
     """
     main = World(WorldConfig(image_size=config.image_size, label_rule=MAIN_TASK))
     down = World(WorldConfig(image_size=config.image_size, label_rule=DOWNSTREAM_TASK))
-    n = max(config.stage1_pairs, config.joint_train)
+    adapt = config.adapt
+    n = max(config.pretrain.train_size, config.joint.train_size)
     return {"main": make_splits(main, Split(n, config.dev_size, config.test_size), config.seed),
-            "downstream": make_splits(down, Split(config.adapt_pool, config.dev_size, config.test_size),
+            "downstream": make_splits(down, Split(adapt.train_size, adapt.dev_size, adapt.test_size),
                                       config.seed + 1)}
 
 
@@ -470,49 +355,50 @@ def _eval_every(n: int, batch: int, epochs: int, evals: int) -> int:
 
 
 def _stage1(run: _Run, previous: None):
-    cfg, data = run.config, run.data
-    torch.manual_seed(cfg.seed)
-    model = make_stage1_model(cfg.profile).to(run.device)
-    tc = run.train_config("pretrain", epochs=cfg.stage1_epochs, lr=cfg.stage1_lr, warmup_steps=cfg.stage1_warmup,
-                          eval_every=_eval_every(cfg.stage1_pairs, cfg.stage1_batch, cfg.stage1_epochs, cfg.evals),
+    cfg, data = run.config.pretrain, run.data
+    torch.manual_seed(run.config.seed)
+    model = make_contrastive_model(embed_dim=cfg.embed_dim).to(run.device)
+    tc = run.train_config("pretrain", epochs=cfg.epochs, lr=cfg.lr, warmup_steps=cfg.warmup_steps,
+                          eval_every=_eval_every(cfg.train_size, cfg.batch_size, cfg.epochs, run.config.evals),
                           monitor="dev_zero_shot")
-    history = _train_stage(run, "pretrain", model, contrastive_step, take(data["main"]["train"], cfg.stage1_pairs),
-                           cfg.stage1_batch, tc, stage1_evaluator(data["main"]["dev"], run.device, cfg.eval_size))
+    history = _train_stage(run, "pretrain", model, contrastive_step, take(data["main"]["train"], cfg.train_size),
+                           cfg.batch_size, tc, stage1_evaluator(data["main"]["dev"], run.device, cfg.eval_size))
     return model.eval(), history
 
 
 def _stage2(run: _Run, stage1: nn.Module):
-    cfg, data = run.config, run.data
-    torch.manual_seed(cfg.seed + 1)
-    world = World(WorldConfig(image_size=cfg.image_size, label_rule=MAIN_TASK))
-    model = JointModel.from_stage1(stage1, len(world.class_names), hidden=128, embed_dim=stage1.embed_dim,
-                                   modality_dropout=cfg.joint_dropout).to(run.device)
-    train_set = AnnotatedDataset(take(data["main"]["train"], cfg.joint_train), world)
-    dev = make_loader(take(data["main"]["dev"], min(cfg.eval_size, cfg.dev_size)), 500)
-    tc = run.train_config("joint", epochs=cfg.joint_epochs, lr=cfg.joint_lr,
-                          eval_every=_eval_every(cfg.joint_train, cfg.joint_batch, cfg.joint_epochs, cfg.evals))
+    cfg, data = run.config.joint, run.data
+    torch.manual_seed(run.config.seed + 1)
+    world = World(WorldConfig(image_size=run.config.image_size, label_rule=MAIN_TASK))
+    model = JointModel.from_stage1(stage1, len(world.class_names), hidden=cfg.hidden, embed_dim=stage1.embed_dim,
+                                   modality_dropout=cfg.modality_dropout).to(run.device)
+    train_set = AnnotatedDataset(take(data["main"]["train"], cfg.train_size), world)
+    dev = make_loader(take(data["main"]["dev"], min(cfg.eval_size, run.config.dev_size)), 500)
+    tc = run.train_config("joint", epochs=cfg.epochs, lr=cfg.lr,
+                          eval_every=_eval_every(cfg.train_size, cfg.batch_size, cfg.epochs, run.config.evals))
     # No generator for the mining draws: they come from torch's global generator, which checkpoints hold.
     loss = MultitaskLoss(cfg.aux_weight, cfg.aux_weight, "sample")
-    history = _train_stage(run, "joint", model, loss, train_set, cfg.joint_batch, tc,
+    history = _train_stage(run, "joint", model, loss, train_set, cfg.batch_size, tc,
                            lambda m: {"dev_accuracy": accuracy_on(m, dev, run.device)})
     model.input_spec = _input_spec(world)
     return model.eval(), history
 
 
 def _stage3(run: _Run, joint: nn.Module):
-    cfg, data = run.config, run.data
-    torch.manual_seed(cfg.seed + 2)
-    world = World(WorldConfig(image_size=cfg.image_size, label_rule=DOWNSTREAM_TASK))
+    cfg, data = run.config.adapt, run.data
+    torch.manual_seed(run.config.seed + 2)
+    world = World(WorldConfig(image_size=run.config.image_size, label_rule=DOWNSTREAM_TASK))
     model = make_downstream_model(joint, num_classes=len(world.class_names), fusion="concat")   # a linear head
-    model.modality_dropout = ModalityDropout(cfg.adapt_dropout)
-    report = prepare(model, cfg.adapt_method)
+    model.modality_dropout = ModalityDropout(cfg.modality_dropout)
+    report = prepare(model, cfg.method)
     model = model.to(run.device)
-    labelled = few_shot(data["downstream"]["train"], per_class=cfg.adapt_per_class, seed=cfg.seed)
-    dev = make_loader(take(data["downstream"]["dev"], min(cfg.eval_size, cfg.dev_size)), 500)
-    steps_per_epoch = -(-len(labelled) // cfg.adapt_batch)
-    tc = run.train_config("adapt", epochs=-(-cfg.adapt_steps // steps_per_epoch), max_steps=cfg.adapt_steps,
-                          lr=cfg.adapt_lr, eval_every=max(1, cfg.adapt_steps // cfg.evals))
-    history = _train_stage(run, "adapt", model, classification_loss, labelled, cfg.adapt_batch, tc,
+    labelled = few_shot(data["downstream"]["train"], per_class=cfg.per_class, seed=run.config.seed)
+    scored = cfg.dev_size if cfg.eval_size is None else min(cfg.eval_size, cfg.dev_size)
+    dev = make_loader(take(data["downstream"]["dev"], scored), 500)
+    steps_per_epoch = -(-len(labelled) // cfg.batch_size)
+    tc = run.train_config("adapt", epochs=-(-cfg.steps // steps_per_epoch), max_steps=cfg.steps,
+                          lr=cfg.lr, eval_every=max(1, cfg.steps // run.config.evals))
+    history = _train_stage(run, "adapt", model, classification_loss, labelled, cfg.batch_size, tc,
                            lambda m: {"dev_accuracy": accuracy_on(m, dev, run.device)})
     model.input_spec = _input_spec(world)
     model.adapt_report = report
@@ -525,7 +411,7 @@ def run_pipeline(config: PipelineConfig, device=None, *, resume: bool = True,
     """Run pretrain -> joint -> adapt as ``config`` says; return the models, histories, costs and test figures.
 
     Args:
-        config: a :class:`PipelineConfig` (:func:`pipeline_config`).
+        config: a :class:`~mmcourse.config.PipelineConfig` (:func:`mmcourse.config.pipeline_config`).
         device: where to train (None: :func:`mmcourse.utils.get_device`).
         resume: continue from the run folder's checkpoints: finished stages load, an unfinished
             one continues exactly. False deletes the run's checkpoints, stats and TensorBoard logs first.

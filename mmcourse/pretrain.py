@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +41,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .config import Profile, get_profile
+from .config import Profile, get_profile, stage1_config
 from .data.dataset import MultimodalDataset, Split, make_loader, make_splits, take, to_device
 from .data.matching import annotate, match_evidence
 from .data.text import PAD_ID, SHAPE_FILLERS, SYNONYMS, TEMPLATES, UNK_ID, WORLD_VOCAB, Tokenizer
@@ -541,55 +540,12 @@ def linear_probe_accuracy(train_x: torch.Tensor, train_y, test_x: torch.Tensor, 
 
 # ----------------------------------------------------------------------------- the stage-1 run
 
-@dataclass(frozen=True)
-class Stage1Config:
-    """How stage 1 is trained in a profile.
-
-    Attributes:
-        train_size: unlabeled training pairs (a subset size of the profile's training split).
-        epochs: passes over them.
-        batch_size: pairs per step (B - 1 negatives per positive).
-        lr: peak learning rate (linear warm-up over ``warmup_steps``, then cosine decay).
-        warmup_steps: steps of linear warm-up.
-        embed_dim: E, the joint space width.
-        eval_size: dev scenes scored (zero-shot, Recall@1) after every epoch.
-    """
-
-    train_size: int
-    epochs: int
-    batch_size: int = 256
-    lr: float = 2e-3
-    warmup_steps: int = 50
-    embed_dim: int = 64
-    eval_size: int = 1000
-
-
-STAGE1 = {
-    "smoke": Stage1Config(train_size=3000, epochs=2, batch_size=128, warmup_steps=10, eval_size=500),
-    "default": Stage1Config(train_size=20000, epochs=6),
-    "full": Stage1Config(train_size=60000, epochs=10),
-}
-
-
-def _profile(profile: Profile | str) -> Profile:
-    return profile if isinstance(profile, Profile) else get_profile(profile)
-
-
-def stage1_config(profile: Profile | str) -> Stage1Config:
-    """The :class:`Stage1Config` of a profile (or profile name)."""
-    profile = _profile(profile)
-    if profile.name not in STAGE1:
-        raise ValueError(f"no stage-1 settings for profile {profile.name!r}; known: {list(STAGE1)}")
-    config = STAGE1[profile.name]
-    return Stage1Config(**{**config.__dict__, "train_size": min(config.train_size, profile.split.train)})
-
-
 def stage1_checkpoint(profile: Profile | str, seed: int) -> Path:
     """The stage-1 checkpoint of ``profile`` and ``seed``: ``build/checkpoints/stage1_<profile>_seed<seed>.pt``.
 
     ``build/`` is ``$MMCOURSE_BUILD`` when set (:func:`mmcourse.utils.build_dir`).
     """
-    return build_dir("checkpoints") / f"stage1_{_profile(profile).name}_seed{seed}.pt"
+    return build_dir("checkpoints") / f"stage1_{get_profile(profile).name}_seed{seed}.pt"
 
 
 def stage1_data(profile: Profile | str, seed: int) -> dict[str, MultimodalDataset]:
@@ -597,7 +553,7 @@ def stage1_data(profile: Profile | str, seed: int) -> dict[str, MultimodalDatase
 
     Dev and test have the profile's sizes and are never trained on.
     """
-    profile = _profile(profile)
+    profile = get_profile(profile)
     split = Split(train=stage1_config(profile).train_size, dev=profile.split.dev, test=profile.split.test)
     return make_splits(World(profile.world), split, seed)
 
@@ -632,7 +588,7 @@ def pretrain_stage1(profile: Profile | str, seed: int, device, *, data: Mapping[
     The checkpoint goes to :func:`stage1_checkpoint` ``(profile, seed)``.
 
     Args:
-        profile: a Profile or its name; sizes and epochs come from :func:`stage1_config`.
+        profile: a Profile or its name; sizes and epochs come from :func:`mmcourse.config.stage1_config`.
         seed: seeds the model's initialisation, the shuffling and (without ``data``) the data.
         device: where to train.
         data: the splits of :func:`stage1_data` if already generated (its "train" and "dev" are used).
@@ -642,7 +598,7 @@ def pretrain_stage1(profile: Profile | str, seed: int, device, *, data: Mapping[
     Returns:
         ``(model, history)``: the trained model on ``device`` in eval mode, and the run's History.
     """
-    profile, device = _profile(profile), torch.device(device)
+    profile, device = get_profile(profile), torch.device(device)
     cfg = stage1_config(profile)
     data = data if data is not None else stage1_data(profile, seed)
     torch.manual_seed(seed)
@@ -668,7 +624,7 @@ def load_stage1(profile: Profile | str, seed: int, device) -> ContrastiveModel:
         A :class:`ContrastiveModel` on ``device`` in eval mode; ``model.encoders`` holds the
         "audio", "image" and "text" encoders.
     """
-    profile, device = _profile(profile), torch.device(device)
+    profile, device = get_profile(profile), torch.device(device)
     return load_or_train(stage1_checkpoint(profile, seed), lambda: make_stage1_model(profile),
                          lambda resume: pretrain_stage1(profile, seed, device, resume=resume, progress=False)[0],
                          device)

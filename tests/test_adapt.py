@@ -6,9 +6,10 @@ import pytest
 import torch
 from torch import nn
 
-from mmcourse.adapt import (METHODS, Adapted, Adapter, LoRA, PromptTuning, add_adapters, add_lora, add_prompts,
+from mmcourse.adapt import (Adapted, Adapter, LoRA, PromptTuning, add_adapters, add_lora, add_prompts,
                             downstream_data, downstream_world, few_shot, last_layers, lora_parameters,
-                            make_downstream_model, merge_lora, prepare, stage3_config)
+                            make_downstream_model, merge_lora, prepare)
+from mmcourse.config import METHODS, stage3_config
 from mmcourse.data import bayes_table, generate, make_loader
 from mmcourse.data.world import SIZE_AND_MATERIAL
 from mmcourse.encoders import TransformerTextEncoder
@@ -282,6 +283,62 @@ def test_downstream_model_copies_the_stage1_encoders():
     assert not torch.equal(model.encoders["text"].embedding.weight, stage1.encoders["text"].embedding.weight)
     with pytest.raises(TypeError, match="stage1 must have an nn.ModuleDict .encoders"):
         make_downstream_model(nn.Linear(2, 2), 8)
+
+
+def _placements(model: nn.Module) -> set[tuple[str, torch.dtype]]:
+    return {(p.device.type, p.dtype) for p in model.parameters()}
+
+
+@pytest.mark.parametrize("method", [m for m in METHODS if m != "prompt"])
+@pytest.mark.parametrize("device, dtype", [("cpu", torch.float64), ("meta", torch.float32)])
+def test_what_prepare_adds_is_created_where_the_model_is(method, device, dtype):
+    # Before: adapters were float32 on the CPU whatever the model, so chapter 08's adapters could not run on a GPU.
+    # No GPU here: float64 shows that the dtype follows, the meta device that the device follows.
+    stage1 = make_contrastive_model().to(device=device, dtype=dtype)
+    model = make_downstream_model(stage1, SIZE_AND_MATERIAL.num_classes)
+    assert _placements(model) == {(device, dtype)}                       # the new head too
+    report = prepare(model, method)
+    assert _placements(model) == {(device, dtype)}, report
+    if method in ("lora", "adapters"):
+        added = lora_parameters(model) if method == "lora" else [p for n, p in model.named_parameters()
+                                                                  if ".adapter." in n]
+        assert added and {(p.device.type, p.dtype) for p in added} == {(device, dtype)}
+
+
+@pytest.mark.parametrize("method", ["lora", "adapters"])
+def test_an_adapted_float64_model_runs_in_float64(method):
+    net = small_net().double()
+    prepare(net, method, backbone="", adapter_targets=["0", "4"])
+    out = net(torch.randn(2, 3, 4, 4, dtype=torch.float64))              # (B, 5)
+    assert out.dtype == torch.float64 and out.shape == (2, 5)
+
+
+@pytest.mark.parametrize("device, dtype", [("cpu", torch.float64), ("meta", torch.float32)])
+def test_prompts_are_created_where_the_token_encoder_is(device, dtype):
+    enc = TransformerTextEncoder(dim=16, layers=1, heads=2).to(device=device, dtype=dtype)
+    add_prompts(enc, n_tokens=3)
+    assert (enc.prompt.prompts.device.type, enc.prompt.prompts.dtype) == (device, dtype)
+    adapter = Adapter(4, 2, device=device, dtype=dtype)
+    assert _placements(adapter) == {(device, dtype)}
+
+
+def test_downstream_model_seed_fixes_the_new_layers_and_leaves_the_global_generator_alone():
+    stage1 = make_contrastive_model()
+    torch.manual_seed(1)
+    a = make_downstream_model(stage1, 8, layers=1, seed=3)
+    after_a = torch.random.get_rng_state()
+    torch.manual_seed(2)
+    b = make_downstream_model(stage1, 8, layers=1, seed=3)
+    c = make_downstream_model(stage1, 8, layers=1, seed=4)
+    torch.manual_seed(1)
+    assert torch.equal(torch.random.get_rng_state(), after_a)            # the seeded call drew nothing globally
+    new = [n for n in a.state_dict() if not n.startswith("encoders.")]
+    assert new and all(torch.equal(a.state_dict()[n], b.state_dict()[n]) for n in new)
+    assert not torch.equal(a.head.weight, c.head.weight)
+    scratch = [make_downstream_model(None, 8, seed=5) for _ in range(2)]  # fresh encoders come from the seed too
+    assert all(torch.equal(v, scratch[1].state_dict()[k]) for k, v in scratch[0].state_dict().items())
+    with pytest.raises(TypeError, match="seed must be an int or None, got float"):
+        make_downstream_model(stage1, 8, seed=1.0)
 
 
 # ----------------------------------------------------------------------------- data

@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from sklearn import metrics as skm
 from sklearn.metrics import precision_recall_fscore_support
 
 from mmcourse.metrics import accuracy, classification_report, confusion_matrix, expected_calibration_error
@@ -93,6 +94,57 @@ def test_confusion_matrix_rows_are_true_classes():
 
 def test_confusion_matrix_keeps_absent_classes():
     assert confusion_matrix([0], [0], num_classes=4).shape == (4, 4)
+
+
+def _random_labels(seed: int, n: int, c: int) -> tuple[np.ndarray, np.ndarray]:
+    """Random (pred, true) over C classes, with class 0 never predicted and class C-1 never true."""
+    rng = np.random.default_rng(seed)
+    true = rng.integers(0, c - 1, n)                                         # never C - 1
+    pred = np.where(rng.random(n) < 0.5, true, rng.integers(1, c, n))
+    pred[pred == 0] = 1                                                       # never 0
+    return pred, true
+
+
+@pytest.mark.parametrize("seed, n, c", [(0, 300, 5), (1, 40, 8), (2, 1, 3), (3, 1000, 2)])
+def test_report_and_confusion_matrix_equal_scikit_learn_on_random_labels(seed, n, c):
+    pred, true = _random_labels(seed, n, c)
+    names = [f"class {k}" for k in range(c)]
+    labels = list(range(c))
+    np.testing.assert_array_equal(confusion_matrix(pred, true, c), skm.confusion_matrix(true, pred, labels=labels))
+    text, table = classification_report(pred, true, names)
+    p, r, f, s = precision_recall_fscore_support(true, pred, labels=labels, zero_division=0)
+    rows = _rows(text)
+    for k, name in enumerate(names):
+        assert table[name]["precision"] == pytest.approx(p[k], abs=1e-12)
+        assert table[name]["recall"] == pytest.approx(r[k], abs=1e-12)
+        assert table[name]["f1-score"] == pytest.approx(f[k], abs=1e-12)
+        assert table[name]["support"] == s[k] == rows[name][3]
+    for average in ("micro", "macro", "weighted"):
+        expected = precision_recall_fscore_support(true, pred, labels=labels, average=average, zero_division=0)[:3]
+        got = [table[f"{average} avg"][k] for k in ("precision", "recall", "f1-score")]
+        np.testing.assert_allclose(got, expected, atol=1e-12)
+        np.testing.assert_allclose(rows[f"{average} avg"][:3], expected, atol=5e-4 + 1e-12)   # printed to 3 decimals
+    assert table["micro avg"]["precision"] == pytest.approx(accuracy(pred, true), abs=1e-12)
+    assert sum(ln.split()[:2] == ["micro", "avg"] for ln in text.splitlines()) == 1
+    # The cases the draw is built to hold: class 0 never predicted, class C-1 never true.
+    assert table["class 0"]["precision"] == 0.0 and table[names[-1]]["support"] == 0
+
+
+@pytest.mark.parametrize("pred, true, message", [
+    ([0, 1, 4], [0, 1, 2], r"pred holds labels outside \[0, 4\) for C = 4 classes: 4"),
+    ([0, 1, 2], [0, -1, 7], r"true holds labels outside \[0, 4\) for C = 4 classes: -1, 7"),
+    ([9, 8, 7, 6, 5, 4, 0], [0] * 7, r"pred holds labels .*: 4, 5, 6, 7, 8, \.\.\."),
+    ([0.0, 1.0], [0, 1], "pred must hold integer class indices, got dtype float64"),
+])
+def test_labels_outside_the_classes_raise(pred, true, message):
+    # Before: scikit-learn dropped such samples, so micro precision could exceed accuracy and the micro row
+    # was printed twice (once by scikit-learn, once by us).
+    with pytest.raises(ValueError, match=message):
+        confusion_matrix(pred, true, num_classes=4)
+    with pytest.raises(ValueError, match=message):
+        classification_report(pred, true, CLASSES)
+    with pytest.raises(ValueError, match="true holds labels outside"):
+        confusion_matrix(torch.tensor([0, 1]), torch.tensor([0, 4]), num_classes=4)       # tensors too
 
 
 def test_expected_calibration_error_equals_a_loop_over_bins():

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from mmcourse.config import get_profile
+from mmcourse.config import get_profile, stage1_config
 from mmcourse.data import WORLD_VOCAB, Split, make_loader, take
 from mmcourse.data.text import PAD_ID, SYNONYMS
 from mmcourse.data.world import ATTRIBUTES
@@ -15,7 +15,7 @@ from mmcourse.metrics import recall_at_k
 from mmcourse.pretrain import (MASK_ID, MASKED_PROMPTS, ContrastiveModel, embed_dataset, embed_texts,
                                linear_probe_accuracy, load_stage1, make_contrastive_model, make_masked_model,
                                mask_tokens, masked_zero_shot_predict, pretrain_stage1, prompts, retrieval_ceiling,
-                               stage1_checkpoint, stage1_config, stage1_data, zero_shot_accuracies,
+                               stage1_checkpoint, stage1_data, zero_shot_accuracies,
                                zero_shot_classifier, zero_shot_predict)
 
 
