@@ -20,7 +20,7 @@ from torch.utils.data import Dataset
 from .data.dataset import make_loader
 from .utils import inference, prepare_inputs
 
-EVAL_BATCH_SIZE = 512   # samples per forward pass when given a dataset; evaluation keeps no activations
+EVAL_BATCH_SIZE = 512   # samples per forward pass when given a dataset: the default every evaluation helper had
 
 
 def _to_host(out, non_blocking: bool):

@@ -466,7 +466,7 @@ class MultitaskLoss:
         return loss, accuracy
 
 
-# ----------------------------------------------------------------------------- matching, probes and curves
+# ----------------------------------------------------------------------------- matching and probes
 
 def embed_pairs(model: JointModel, dataset, device, batch_size: int = EVAL_BATCH_SIZE
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -593,8 +593,8 @@ def train_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, devi
 def predict(model: nn.Module, loader, device) -> tuple[torch.Tensor, torch.Tensor]:
     """Predicted classes and true labels over ``loader``: (N,), (N,) on the CPU.
 
-    Runs in eval mode, as training evaluates (:func:`mmcourse.evaluation.run_batches`); the
-    model's train/eval mode is restored afterwards.
+    Runs in eval mode at the training loop's precision (:func:`mmcourse.evaluation.run_batches`);
+    the model's train/eval mode is restored afterwards.
     """
     return run_batches(model, lambda m, batch: (m(batch[0]).argmax(-1), batch[1]), loader, device)
 
