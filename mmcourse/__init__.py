@@ -5,6 +5,7 @@ built. ``utils`` (seeding, device, precision), ``config`` (profiles), ``data``
 (the synthetic world, Bayes limits, loaders), ``losses``, ``encoders``,
 ``fusion``, ``robustness`` (missing and noisy modalities), ``models``,
 ``training`` (the loop every stage uses: schedules, checkpoints, resume),
+``evaluation`` (the one loop every evaluation pass uses),
 ``pretrain`` (stage 1: contrastive and masked pretraining, zero-shot,
 retrieval), ``joint`` (stage 2: multi-task joint training, hard negatives,
 modality imbalance), ``adapt`` (stage 3: linear probe, top layers, full

@@ -27,9 +27,10 @@ import torch
 import torchvision
 from torch import nn
 
-from .data.dataset import make_loader, to_device
+from .data.dataset import make_loader
 from .data.render import SPECTROGRAM_HOP, log_mel_spectrogram, mel_filterbank
 from .data.text import PAD_ID, WORLD_VOCAB
+from .evaluation import EVAL_BATCH_SIZE, run_batches
 from .models import masked_mean
 
 N_FFT = 256
@@ -361,18 +362,20 @@ class UnimodalClassifier(nn.Module):
         return self.head(self.encoder(inputs[key]))
 
 
-@torch.no_grad()
-def encode(encoder: Encoder, dataset, device, batch_size: int = 512, key: str | None = None) -> torch.Tensor:
-    """Pooled features of every sample of ``dataset`` in order, in eval mode: (N, D) float32 on the CPU.
-
-    ``key`` names the entry of the batch dict to encode (default: the encoder's modality).
-    """
-    key = key or encoder.modality
-    encoder.eval()
-    out = []
+def _entries(dataset, key: str, batch_size: int):
+    """The ``key`` entry of every batch of ``dataset``, so that only it travels to the device."""
     for inputs, _ in make_loader(dataset, batch_size):
         if key not in inputs:
             raise ValueError(f"the dataset's batches have no {key!r} entry (keys: {sorted(inputs)})")
-        out.append(encoder(to_device(inputs[key], device)).float().cpu())
-    return torch.cat(out)
+        yield inputs[key]
 
+
+def encode(encoder: Encoder, dataset, device, batch_size: int = EVAL_BATCH_SIZE, key: str | None = None
+           ) -> torch.Tensor:
+    """Pooled features of every sample of ``dataset`` in order, in eval mode: (N, D) float32 on the CPU.
+
+    ``key`` names the entry of the batch dict to encode (default: the encoder's modality).
+    The encoder's train/eval mode is restored afterwards (:func:`mmcourse.evaluation.run_batches`).
+    """
+    key = key or encoder.modality
+    return run_batches(encoder, lambda enc, x: enc(x), _entries(dataset, key, batch_size), device)

@@ -23,8 +23,7 @@ modality's branch is (:func:`modality_scores`), the measurement behind OGM-GE
 (Peng et al. 2022, "Balanced Multimodal Learning via On-the-fly Gradient
 Modulation"): :func:`ogm_coefficients` and :class:`GradientModulation` slow down the
 encoder of a dominating modality. :func:`modality_probes` measures what each
-encoder's features tell about the label (a linear probe), and
-:func:`steps_to_reach` reads a learning curve.
+encoder's features tell about the label (a linear probe).
 
 Shape letters: B batch, N samples, M modalities, C classes, K attributes, D_m width
 of modality m's features, E joint embedding width, H hidden width.
@@ -39,13 +38,14 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .data.dataset import BatchedDataset, make_loader, to_device
+from .data.dataset import BatchedDataset, make_loader
 from .data.matching import annotate, caption_fits
 from .data.world import World
 from .encoders import encode
+from .evaluation import EVAL_BATCH_SIZE, run_batches
 from .fusion import FusionModel, make_fusion
 from .losses import ContrastiveLoss
-from .pretrain import linear_probe_accuracy
+from .metrics import linear_probe_accuracy
 from .robustness import presence_without
 from .utils import uniform
 
@@ -466,28 +466,26 @@ class MultitaskLoss:
         return loss, accuracy
 
 
-# ----------------------------------------------------------------------------- matching, probes and curves
+# ----------------------------------------------------------------------------- matching and probes
 
-@torch.no_grad()
-def embed_pairs(model: JointModel, dataset, device, batch_size: int = 512
+def embed_pairs(model: JointModel, dataset, device, batch_size: int = EVAL_BATCH_SIZE
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """ITC embeddings of every scene's image and caption, with the scenes' annotations, in order.
 
     Args:
-        model: a :class:`JointModel` (put in eval mode).
+        model: a :class:`JointModel` (run in eval mode; its train/eval mode is restored afterwards).
         dataset: an :class:`AnnotatedDataset`, or a ``Subset`` of one.
 
     Returns:
-        image (N, E), text (N, E) (unit length) and annotations (N, 3K), on ``device``.
+        image (N, E), text (N, E) (unit length, float32) and annotations (N, 3K), on ``device``.
     """
-    model.eval()
-    parts = []
-    for inputs, _ in make_loader(dataset, batch_size):
+    def embed(model: JointModel, batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        inputs = batch[0]
         if ANNOTATIONS not in inputs:
             raise ValueError(f"the dataset's batches have no {ANNOTATIONS!r} entry: wrap it in AnnotatedDataset")
-        inputs = to_device(inputs, device)
-        parts.append((*model.embed(model.features(inputs)), inputs[ANNOTATIONS]))
-    return tuple(torch.cat(p) for p in zip(*parts))
+        return *model.embed(model.features(inputs)), inputs[ANNOTATIONS]
+
+    return tuple(t.to(device) for t in run_batches(model, embed, dataset, device, batch_size))
 
 
 @torch.no_grad()
@@ -526,15 +524,16 @@ def itm_scores(model: nn.Module, image: torch.Tensor, text: torch.Tensor, annota
             out[key].append((model.itm(u, v[negative]) <= 0)[real].float().mean())
     return {k: torch.stack(v).nanmean().item() for k, v in out.items()}
 
-def modality_probes(model: JointModel, train_set, test_set, device, batch_size: int = 512) -> dict[str, float]:
+def modality_probes(model: JointModel, train_set, test_set, device, batch_size: int = EVAL_BATCH_SIZE
+                    ) -> dict[str, float]:
     """Linear-probe accuracy of the label from each encoder's frozen features: {name: accuracy}.
 
     Each encoder of ``model`` encodes ``train_set`` and ``test_set`` (datasets whose
     batches are ``(inputs, labels)``, e.g. a few thousand training scenes and the dev
     split); a logistic-regression probe per modality is fitted on the first and scored
-    on the second (:func:`mmcourse.pretrain.linear_probe_accuracy`). The probe says
+    on the second (:func:`mmcourse.metrics.linear_probe_accuracy`). The probe says
     what the encoder's features make linearly available, whatever the fusion does
-    with them. The encoders are left in eval mode.
+    with them. Each encoder's train/eval mode is restored afterwards.
     """
     labels = [torch.cat([y for _, y in make_loader(ds, batch_size)]) for ds in (train_set, test_set)]
     out = {}
@@ -542,13 +541,3 @@ def modality_probes(model: JointModel, train_set, test_set, device, batch_size: 
         x, xt = (encode(model.encoders[m], ds, device, batch_size, key=m) for ds in (train_set, test_set))
         out[m] = linear_probe_accuracy(x, labels[0], xt, labels[1])
     return out
-
-
-@torch.no_grad()
-def steps_to_reach(history, target: float, key: str = "dev_accuracy") -> int | None:
-    """The first evaluated step at which ``history.metrics[key]`` reaches ``target`` (None if it never does)."""
-    values = history.metrics[key] if hasattr(history, "metrics") else getattr(history, key)
-    for step, value in zip(history.step, values):
-        if value >= target:
-            return int(step)
-    return None

@@ -20,7 +20,7 @@ Labels enter only to *evaluate*: zero-shot classification from prompts
 masked model by filling in a blank, :func:`masked_zero_shot_predict`), retrieval
 (:func:`retrieval_recalls`, with the exact ceiling of this world,
 :func:`retrieval_ceiling`) and linear probes with few labels
-(:func:`linear_probe_accuracy`).
+(:func:`mmcourse.metrics.linear_probe_accuracy`).
 
 :func:`pretrain_stage1` trains the course's stage-1 model with
 :func:`mmcourse.training.train` and writes its checkpoint to
@@ -42,13 +42,14 @@ from torch import nn
 from torch.nn import functional as F
 
 from .config import Profile, get_profile, stage1_config
-from .data.dataset import MultimodalDataset, Split, make_loader, make_splits, take, to_device
+from .data.dataset import MultimodalDataset, Split, make_loader, make_splits, take
 from .data.matching import annotate, match_evidence
 from .data.text import PAD_ID, SHAPE_FILLERS, SYNONYMS, TEMPLATES, UNK_ID, WORLD_VOCAB, Tokenizer
 from .data.world import ATTRIBUTES, Scenes, World
 from .encoders import Encoder, make_encoder
+from .evaluation import EVAL_BATCH_SIZE, run_batches
 from .losses import MAX_LOGIT_SCALE, ContrastiveLoss
-from .metrics import as_numpy, recall_at_k
+from .metrics import recall_at_k
 from .training import History, TrainConfig, load_or_train, train
 from .utils import build_dir
 
@@ -413,19 +414,13 @@ def zero_shot_predict(embeddings: torch.Tensor, classifier: torch.Tensor) -> tor
     return (embeddings @ classifier.to(embeddings).T).argmax(1)
 
 
-@torch.no_grad()
 def embed_dataset(model: ContrastiveModel, dataset, device, modalities: Sequence[str] | None = None,
-                  batch_size: int = 512) -> dict[str, torch.Tensor]:
+                  batch_size: int = EVAL_BATCH_SIZE) -> dict[str, torch.Tensor]:
     """Joint-space embeddings of every sample of ``dataset`` in order: {modality: (N, E)} float32 on the CPU.
 
-    The model is left in eval mode.
+    Runs in eval mode; the model's train/eval mode is restored afterwards.
     """
-    model.eval()
-    out: dict[str, list[torch.Tensor]] = {}
-    for inputs, _ in make_loader(dataset, batch_size):
-        for m, z in model.embed(to_device(inputs, device), modalities).items():
-            out.setdefault(m, []).append(z.cpu())
-    return {m: torch.cat(zs) for m, zs in out.items()}
+    return run_batches(model, lambda m, batch: m.embed(batch[0], modalities), dataset, device, batch_size)
 
 
 def zero_shot_accuracies(model: ContrastiveModel, dataset: MultimodalDataset, device,
@@ -502,40 +497,6 @@ def retrieval_recalls(embeddings: Mapping[str, torch.Tensor], query: str = "imag
     """
     sim = embeddings[query] @ embeddings[gallery].T                           # (N, N) cosine similarities
     return {f"{query}->{gallery}": recall_at_k(sim, ks), f"{gallery}->{query}": recall_at_k(sim.T, ks)}
-
-
-# ----------------------------------------------------------------------------- linear probes
-
-def linear_probe_accuracy(train_x: torch.Tensor, train_y, test_x: torch.Tensor, test_y,
-                          per_class: int | None = None, seed: int = 0) -> float:
-    """Test accuracy of a logistic-regression probe on frozen features, optionally from few labels.
-
-    Args:
-        train_x: (N, D) features; train_y: (N,) class indices.
-        test_x: (N', D); test_y: (N',).
-        per_class: keep only this many training samples per class (drawn with ``seed``); None: all.
-
-    Features are standardised with the (kept) training rows' mean and deviation. The fit runs
-    on one BLAS thread: for a problem this small, more threads only wait on each other
-    (measured: 100x slower with two threads on a busy 2-core machine).
-    """
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-    from threadpoolctl import threadpool_limits
-
-    x, xt = as_numpy(train_x).astype(np.float64), as_numpy(test_x).astype(np.float64)
-    y, yt = as_numpy(train_y), as_numpy(test_y)
-    if x.ndim != 2 or xt.ndim != 2 or x.shape[1] != xt.shape[1] or y.shape != x.shape[:1] or yt.shape != xt.shape[:1]:
-        raise ValueError(f"expected train_x (N, D), train_y (N,), test_x (N', D), test_y (N',), got "
-                         f"{x.shape}, {y.shape}, {xt.shape}, {yt.shape}")
-    if per_class is not None:
-        rng = np.random.default_rng(seed)
-        keep = np.concatenate([rng.permutation(np.flatnonzero(y == c))[:per_class] for c in np.unique(y)])
-        x, y = x[keep], y[keep]
-    probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
-    with threadpool_limits(1):
-        return float((probe.fit(x, y).predict(xt) == yt).mean())
 
 
 # ----------------------------------------------------------------------------- the stage-1 run

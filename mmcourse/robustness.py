@@ -29,9 +29,9 @@ import torch
 from torch import nn
 
 from .data.bayes import all_subsets
-from .data.dataset import to_device
+from .evaluation import run_batches
 from .training import accuracy_on
-from .utils import autocast, uniform
+from .utils import uniform
 
 PresenceFn = Callable[[int, torch.device], torch.Tensor]  # (batch_size, device) -> (B, M) bool
 CorruptFn = Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]]
@@ -309,6 +309,7 @@ def missing_modality_table(model: nn.Module, loader, modalities: Sequence[str] |
     (:class:`mmcourse.fusion.FusionModel` and its subclasses) runs its encoders once per
     batch and only the fusion and head per subset, so the whole table costs little more
     than one evaluation; any other model is called as ``model(inputs, present)`` per subset.
+    The model runs in eval mode; its train/eval mode is restored afterwards.
 
     Args:
         modalities: the model's sorted modality names (``None``: ``model.modalities``).
@@ -319,23 +320,19 @@ def missing_modality_table(model: nn.Module, loader, modalities: Sequence[str] |
     for s in subsets:
         if not s or list(s) != sorted(set(s)) or not set(s) <= set(mods):
             raise ValueError(f"each subset must be a non-empty sorted tuple of {mods}, got {s!r}")
+    missing = {s: tuple(m for m in mods if m not in s) for s in subsets}
     if not (hasattr(model, "features") and hasattr(model, "classify")):
-        return {s: evaluate(model, loader, device, present_fn=functools.partial(
-                    _masked_without, tuple(m for m in mods if m not in s), mods)) for s in subsets}
-    model.eval()
-    correct, total = {s: torch.zeros((), device=device) for s in subsets}, 0
-    with torch.no_grad():
-        for inputs, labels in loader:
-            inputs, labels = to_device(inputs, device), labels.to(device)
-            with autocast(device):
-                features = model.features(inputs)
-                for s in subsets:
-                    present = presence_without(len(labels), mods, [m for m in mods if m not in s], device)
-                    correct[s] += (model.classify(features, present).argmax(1) == labels).sum()
-            total += len(labels)
-    if total == 0:
-        raise ValueError("the loader yielded no batches")
-    return {s: float(c) / total for s, c in correct.items()}
+        return {s: evaluate(model, loader, device, present_fn=functools.partial(_masked_without, missing[s], mods))
+                for s in subsets}
+
+    def right_per_subset(model: nn.Module, batch) -> dict[tuple[str, ...], torch.Tensor]:
+        inputs, labels = batch
+        features, b = model.features(inputs), len(labels)                 # the encoders run once per batch
+        return {s: model.classify(features, presence_without(b, mods, missing[s], device)).argmax(1) == labels
+                for s in subsets}                                          # {subset: (B,) bool}
+
+    right = run_batches(model, right_per_subset, loader, device)
+    return {s: int(r.sum()) / len(r) for s, r in right.items()}
 
 
 def _masked_without(missing, modalities, batch_size: int, device) -> torch.Tensor:

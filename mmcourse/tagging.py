@@ -37,11 +37,11 @@ from sklearn import metrics as skm
 from torch import nn
 from torch.nn import functional as F
 
-from .data.dataset import BatchedDataset, MultimodalDataset, make_loader, to_device, trim_padding
+from .data.dataset import BatchedDataset, MultimodalDataset, trim_padding
 from .data.text import PAD_ID, TAGS, WORLD_VOCAB, Captions
 from .encoders import ConvTextEncoder, Encoder
+from .evaluation import EVAL_BATCH_SIZE, run_batches
 from .metrics import classification_report
-from .utils import autocast
 
 IGNORE_INDEX = -100  # target of padding tokens: cross-entropy skips it
 
@@ -279,25 +279,26 @@ def tagging_loss(model: nn.Module, batch) -> torch.Tensor:
     return F.cross_entropy(logits.flatten(0, 1).float(), target.flatten(), ignore_index=IGNORE_INDEX)
 
 
-@torch.no_grad()
-def predict_tags(model: nn.Module, dataset, device, batch_size: int = 512) -> list[list[str]]:
+def predict_tags(model: nn.Module, dataset, device, batch_size: int = EVAL_BATCH_SIZE) -> list[list[str]]:
     """Predicted tag strings of every caption in ``dataset``, in order, padding dropped.
 
     Args:
-        model: returns logits (B, L, T) over :data:`TAGS` for ``inputs`` with "text" (and "image").
+        model: returns logits (B, L, T) over :data:`TAGS` for ``inputs`` with "text" (and "image");
+            run in eval mode, its train/eval mode restored afterwards.
         dataset: a :class:`MultimodalDataset` or a :class:`TaggingDataset`.
         device: where the model runs.
         batch_size: captions per forward pass.
     """
     data = dataset if isinstance(dataset, TaggingDataset) else TaggingDataset(dataset)
     width = data.dataset.text.shape[1]
-    model.eval()
-    out = []
-    for inputs, _ in make_loader(data, batch_size):
-        with autocast(device):
-            ids = model(to_device(inputs, device)).argmax(-1).cpu()        # (B, L')
-        out.append(F.pad(ids, (0, width - ids.shape[1])))
-    pred = torch.cat(out) if out else torch.zeros(0, width, dtype=torch.long)
+    if len(data) == 0:
+        return []
+
+    def tag_ids(model: nn.Module, batch) -> torch.Tensor:
+        ids = model(batch[0]).argmax(-1)                                  # (B, L'): the batch's longest caption
+        return F.pad(ids, (0, width - ids.shape[1]))                      # (B, L)
+
+    pred = run_batches(model, tag_ids, data, device, batch_size)
     return Captions(ids=data.dataset.text.numpy(), tags=pred.numpy()).tag_strings()
 
 

@@ -41,6 +41,7 @@ and an ``all_reduce`` sum with one.
 ``fit``, ``train_epoch``, ``predict`` and ``accuracy_on`` are the small
 classification helpers of chapters 02–05; ``fit`` and ``train_epoch`` are
 :func:`train` with a constant learning rate and no clipping.
+:func:`steps_to_reach` reads a :class:`History`'s learning curve.
 """
 from __future__ import annotations
 
@@ -59,6 +60,7 @@ from torch import nn
 from torch.utils.data import DataLoader, RandomSampler
 
 from .data.dataset import to_device
+from .evaluation import run_batches
 from .metrics import accuracy
 from .utils import atomic_write, autocast, build_dir
 
@@ -800,17 +802,13 @@ def train_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, devi
     return train(model, classification_loss, loader, config, device, optimizer=optimizer).train_loss[-1]
 
 
-@torch.no_grad()
 def predict(model: nn.Module, loader, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Predicted classes and true labels over ``loader``: (N,), (N,) on the CPU."""
-    model.eval()
-    preds, labels = [], []
-    for batch in loader:
-        inputs, target = to_device(batch, device)
-        with autocast(device):
-            preds.append(model(inputs).argmax(-1))
-        labels.append(target)
-    return torch.cat(preds).cpu(), torch.cat(labels).cpu()
+    """Predicted classes and true labels over ``loader``: (N,), (N,) on the CPU.
+
+    Runs in eval mode at the training loop's precision (:func:`mmcourse.evaluation.run_batches`);
+    the model's train/eval mode is restored afterwards.
+    """
+    return run_batches(model, lambda m, batch: (m(batch[0]).argmax(-1), batch[1]), loader, device)
 
 
 def accuracy_on(model: nn.Module, loader, device) -> float:
@@ -826,3 +824,14 @@ def fit(model: nn.Module, train_loader, dev_loader, optimizer, epochs: int, devi
                          log_every=max(len(train_loader), 1))
     return train(model, classification_loss, train_loader, config, device, optimizer=optimizer,
                  evaluate=lambda m: {"dev_accuracy": accuracy_on(m, dev_loader, device)})
+
+
+# ----------------------------------------------------------------------------- reading a run
+
+def steps_to_reach(history, target: float, key: str = "dev_accuracy") -> int | None:
+    """The first evaluated step at which ``history.metrics[key]`` reaches ``target`` (None if it never does)."""
+    values = history.metrics[key] if hasattr(history, "metrics") else getattr(history, key)
+    for step, value in zip(history.step, values):
+        if value >= target:
+            return int(step)
+    return None

@@ -274,3 +274,29 @@ def configure_threads(device, threads: int | None = None) -> int:
     from threadpoolctl import threadpool_limits
     threadpool_limits(limits=count)      # not as a context manager: the limit stays for the session
     return count
+
+
+# --- evaluation ---
+# What every evaluation pass runs under; the loop itself is mmcourse.evaluation.run_batches.
+
+@contextlib.contextmanager
+def inference(device):
+    """No gradients, and the training loop's precision (:func:`autocast`: bf16 on CUDA, float32 elsewhere).
+
+    ``torch.no_grad`` rather than ``torch.inference_mode``: features computed here may
+    later feed a model that is trained (chapter 05 trains fusions on cached features).
+    """
+    with torch.no_grad(), autocast(device):
+        yield
+
+
+def prepare_inputs(batch, device):
+    """Move a batch (tensor, or dict / list / tuple of them, nested) to ``device``; on CUDA every 4-D tensor
+    (images (B, C, S, S)) in channels-last layout (:func:`channels_last`)."""
+    if isinstance(batch, torch.Tensor):
+        return channels_last(batch.to(device, non_blocking=True), device)
+    if isinstance(batch, dict):
+        return {k: prepare_inputs(v, device) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(prepare_inputs(v, device) for v in batch)
+    raise TypeError(f"cannot move an object of type {type(batch).__name__} to a device")

@@ -207,10 +207,10 @@ def test_encode_returns_features_in_dataset_order(small_dataset):
     enc = _encoder("text", "cnn")
     feats = encode(enc, subset, torch.device("cpu"), batch_size=16)   # batches trim padding separately
     assert feats.shape == (50, enc.out_dim) and feats.dtype == torch.float32
-    assert not enc.training
+    assert enc.training                                               # encoded in eval mode, the mode restored
     inputs, _ = small_dataset.__getitems__(list(range(50)))
     with torch.no_grad():
-        torch.testing.assert_close(feats, enc(inputs["text"]))
+        torch.testing.assert_close(feats, enc.eval()(inputs["text"]))
 
 
 def test_encode_with_another_key_and_a_missing_key(small_dataset):

@@ -19,10 +19,10 @@ from mmcourse.encoders import encode, make_encoder
 from mmcourse.joint import (MINING_MODES, AnnotatedDataset, GradientModulation, ITMHead, JointModel, MultitaskLoss,
                             embed_pairs, identical_rows, itm_scores,
                             mine_hard_negatives, modality_probes,
-                            modality_scores, ogm_coefficients, steps_to_reach)
-from mmcourse.pretrain import linear_probe_accuracy
+                            modality_scores, ogm_coefficients)
+from mmcourse.metrics import linear_probe_accuracy
 from mmcourse.robustness import missing_modality_table
-from mmcourse.training import History, TrainConfig, train
+from mmcourse.training import TrainConfig, train
 
 CLASSES = 10
 
@@ -428,6 +428,8 @@ def test_embed_pairs_and_itm_scores_against_a_loop(world, small_dataset):
     data = torch.utils.data.Subset(AnnotatedDataset(small_dataset, world), range(70))
     image, text, notes = embed_pairs(model, data, "cpu", batch_size=32)
     assert image.shape == text.shape == (70, 8) and notes.shape == (70, 15)
+    assert model.training                                # embedded in eval mode, the training mode restored
+    model.eval()
     inputs = next(iter(make_loader(data, 70)))[0]
     u, v = model.embed(model.features(inputs))
     torch.testing.assert_close(image, u)
@@ -455,11 +457,3 @@ def test_embed_pairs_and_itm_scores_against_a_loop(world, small_dataset):
         itm_scores(model, image[:10], text[:10], notes[:10], batch_size=32)
     with pytest.raises(ValueError, match="wrap it in AnnotatedDataset"):
         embed_pairs(model, small_dataset, "cpu")
-
-
-def test_steps_to_reach():
-    history = History(step=[10, 20, 30, 40], metrics={"dev_accuracy": [0.5, 0.8, 0.79, 0.9]})
-    assert steps_to_reach(history, 0.8) == 20
-    assert steps_to_reach(history, 0.85) == 40
-    assert steps_to_reach(history, 0.95) is None
-    assert steps_to_reach(history, 0.1, key="dev_accuracy") == 10

@@ -218,3 +218,17 @@ def test_recall_at_k_counts_ties_against_the_query():
 def test_recall_at_k_rejects_bad_input(sim, ks, message):
     with pytest.raises(ValueError, match=message):
         recall_at_k(sim, ks)
+
+
+# --- chapter 06: linear probes ---
+
+from mmcourse.metrics import linear_probe_accuracy  # noqa: E402
+
+
+def test_linear_probe_uses_few_labels_and_checks_shapes():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 600)
+    x = np.eye(3)[y] * 3 + rng.normal(size=(600, 3)) * 0.3               # separable classes
+    assert linear_probe_accuracy(x[:300], y[:300], x[300:], y[300:], per_class=5) == 1.0
+    with pytest.raises(ValueError, match=r"expected train_x \(N, D\), train_y \(N,\)"):
+        linear_probe_accuracy(x[:300], y[:200], x[300:], y[300:])

@@ -13,7 +13,7 @@ from mmcourse.data.world import ATTRIBUTES
 from mmcourse.encoders import make_encoder
 from mmcourse.metrics import recall_at_k
 from mmcourse.pretrain import (MASK_ID, MASKED_PROMPTS, ContrastiveModel, embed_dataset, embed_texts,
-                               linear_probe_accuracy, load_stage1, make_contrastive_model, make_masked_model,
+                               load_stage1, make_contrastive_model, make_masked_model,
                                mask_tokens, masked_zero_shot_predict, pretrain_stage1, prompts, retrieval_ceiling,
                                stage1_checkpoint, stage1_data, zero_shot_accuracies,
                                zero_shot_classifier, zero_shot_predict)
@@ -243,17 +243,6 @@ def test_take_keeps_the_first_scenes_and_their_attributes(small_dataset):
     assert np.array_equal(head.scenes.attrs["shape"], small_dataset.scenes.attrs["shape"][:7])
     with pytest.raises(ValueError, match="n must be a positive int, got 0"):
         take(small_dataset, 0)
-
-
-# ----------------------------------------------------------------------------- probes
-
-def test_linear_probe_uses_few_labels_and_checks_shapes():
-    rng = np.random.default_rng(0)
-    y = rng.integers(0, 3, 600)
-    x = np.eye(3)[y] * 3 + rng.normal(size=(600, 3)) * 0.3               # separable classes
-    assert linear_probe_accuracy(x[:300], y[:300], x[300:], y[300:], per_class=5) == 1.0
-    with pytest.raises(ValueError, match=r"expected train_x \(N, D\), train_y \(N,\)"):
-        linear_probe_accuracy(x[:300], y[:200], x[300:], y[300:])
 
 
 # ----------------------------------------------------------------------------- stage-1 runs

@@ -7,7 +7,7 @@ import torch
 from mmcourse.data.dataset import make_loader
 from mmcourse.data.text import WORLD_VOCAB
 from mmcourse.models import ReferenceConfig, ReferenceModel
-from mmcourse.training import History, classification_loss, fit, predict, train_epoch
+from mmcourse.training import History, classification_loss, fit, predict, steps_to_reach, train_epoch
 from mmcourse.utils import seed_everything
 
 CPU = torch.device("cpu")
@@ -62,10 +62,18 @@ def test_predict_returns_classes_and_labels_in_order(small_dataset):
     pred, true = predict(model, make_loader(subset, 3), CPU)
     assert pred.shape == true.shape == (10,) and pred.dtype == torch.int64
     assert torch.equal(true, small_dataset.labels[:10])
-    assert not model.training  # predict leaves the model in eval mode
+    assert model.training  # predict ran in eval mode and restored the training mode
     with torch.no_grad():
-        direct = model(small_dataset.__getitems__(list(range(10)))[0]).argmax(-1)
+        direct = model.eval()(small_dataset.__getitems__(list(range(10)))[0]).argmax(-1)
     assert torch.equal(pred, direct)
+
+
+def test_steps_to_reach():
+    history = History(step=[10, 20, 30, 40], metrics={"dev_accuracy": [0.5, 0.8, 0.79, 0.9]})
+    assert steps_to_reach(history, 0.8) == 20
+    assert steps_to_reach(history, 0.85) == 40
+    assert steps_to_reach(history, 0.95) is None
+    assert steps_to_reach(history, 0.1, key="dev_accuracy") == 10
 
 
 # ----------------------------------------------------------------------------- the general loop: train()

@@ -237,3 +237,46 @@ def test_configure_threads_rejects_a_bad_count(bad, monkeypatch):
     monkeypatch.setenv(THREADS_ENV, str(bad))
     with pytest.raises(ValueError, match=r"\$MMCOURSE_THREADS must be a positive int"):
         configure_threads("cpu")
+
+
+# --- evaluation: inference and prepare_inputs ---
+
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def test_inference_switches_gradients_off_and_autocast_follows_the_device():
+    from mmcourse.utils import inference
+    w = torch.ones(2, requires_grad=True)
+    with inference("cpu"):
+        out = w * 2
+        assert not torch.is_grad_enabled() and not torch.is_autocast_enabled("cpu")
+    assert out.grad_fn is None and torch.is_grad_enabled()
+
+
+@CUDA
+def test_inference_on_cuda_is_bf16_autocast():
+    from mmcourse.utils import inference
+    a = torch.randn(4, 4, device="cuda")
+    with inference("cuda"):
+        assert (a @ a).dtype == torch.bfloat16 and not torch.is_grad_enabled()
+
+
+def test_prepare_inputs_moves_nested_batches_and_keeps_their_structure():
+    from mmcourse.utils import prepare_inputs
+    image, text, label = torch.randn(2, 3, 8, 8), torch.ones(2, 5, dtype=torch.long), torch.tensor([0, 1])
+    out = prepare_inputs(({"image": image, "text": text}, [label]), "cpu")
+    assert isinstance(out, tuple) and isinstance(out[1], list) and list(out[0]) == ["image", "text"]
+    assert torch.equal(out[0]["image"], image) and out[0]["image"].is_contiguous()   # no layout change on the CPU
+    assert torch.equal(out[0]["text"], text) and torch.equal(out[1][0], label)
+    with pytest.raises(TypeError, match="cannot move an object of type str to a device"):
+        prepare_inputs({"caption": "a red disc"}, "cpu")
+
+
+@CUDA
+def test_prepare_inputs_on_cuda_puts_4d_tensors_in_channels_last():
+    from mmcourse.utils import prepare_inputs
+    image, audio = torch.randn(2, 3, 8, 8), torch.randn(2, 64)
+    out = prepare_inputs({"audio": audio, "image": image}, "cuda")
+    assert out["image"].is_cuda and out["image"].is_contiguous(memory_format=torch.channels_last)
+    assert not out["image"].is_contiguous() and out["audio"].is_contiguous()
+    assert torch.equal(out["image"].cpu(), image) and torch.equal(out["audio"].cpu(), audio)
