@@ -24,7 +24,7 @@ export JUPYTER_PLATFORM_DIRS := 1
 
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 
-.PHONY: setup test unit notebooks-smoke course lab execute clean bench
+.PHONY: setup test unit notebooks-smoke course lab execute clean bench gpu-check
 
 setup: $(STAMP)
 
@@ -65,6 +65,11 @@ lab: setup
 bench: setup
 	$(BIN)/python benchmarks/bench_generate.py
 	$(BIN)/python benchmarks/bench_training.py
+
+## make gpu-check: the pipeline on CUDA in the full profile, its cost and MFU, written to build/GPU_REPORT.md.
+# No setup step: the lent GPU machine has torch but nothing can be installed there, so the checkout is the path.
+gpu-check:
+	PYTHONPATH=$(CURDIR) $(PYTHON) scripts/gpu_check.py
 
 clean:
 	rm -rf build .pytest_cache

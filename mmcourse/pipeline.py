@@ -80,10 +80,6 @@ def _shown(path: Path) -> str:
         return str(path)
 
 
-class _Stop(Exception):
-    """Raised inside the loss function to stop ``train`` right after a checkpoint."""
-
-
 # ----------------------------------------------------------------------------- configuration
 
 @dataclass(frozen=True)
@@ -321,15 +317,12 @@ def _samples_between(start: int, end: int, steps_per_epoch: int, n: int, batch: 
 # ----------------------------------------------------------------------------- one stage
 
 class _Loss:
-    """The stage's loss with the device policy and the optional stop: images channels-last, stop at a step."""
+    """The stage's loss with the device policy: images channels-last."""
 
-    def __init__(self, loss_fn, device, start_step: int, stop_step: int | None):
-        self.loss_fn, self.device, self.step, self.stop_step = loss_fn, device, start_step, stop_step
+    def __init__(self, loss_fn, device):
+        self.loss_fn, self.device = loss_fn, device
 
     def __call__(self, model, batch):
-        if self.stop_step is not None and self.step >= self.stop_step:
-            raise _Stop
-        self.step += 1
         inputs, *rest = batch                   # (inputs, labels) or (inputs, labels, annotations)
         if "image" in inputs:
             inputs = {**inputs, "image": channels_last(inputs["image"], self.device)}
@@ -400,17 +393,12 @@ def _train_stage(run: _Run, stage: str, model: nn.Module, loss_fn, dataset, batc
     notes = sorted({msg.split(": ", 1)[1] for msg in messages})
     compile_note = notes[0] if len(notes) == 1 else "; ".join(messages)
     timed = _TimedEvaluate(evaluate)
-    if stop_step is not None:
-        config = replace(config, checkpoint_every=stop_step)   # a checkpoint exactly where the run stops
-    wrapped = _Loss(loss_fn, device, start, stop_step)
+    stop = None if stop_step is None else (lambda state: state.step >= stop_step)   # pauses with the checkpoint
     clock = time.perf_counter()
-    stopped = False
-    try:
-        history = train(model, wrapped, loader, config, device, evaluate=timed, checkpoint=path, resume=True)
-    except _Stop:
-        stopped = True
+    history = train(model, _Loss(loss_fn, device), loader, config, device, evaluate=timed, checkpoint=path,
+                    resume=True, stop=stop)
     seconds = time.perf_counter() - clock - timed.seconds
-    end = stop_step if stopped else history.step[-1] if history.step else start
+    end = stop_step if history.stopped else history.step[-1] if history.step else start
     peak, kind = peak_memory(device)
     session = {"start_step": start, "end_step": end, "samples": _samples_between(start, end, len(loader),
                                                                                  len(dataset), batch),
@@ -419,7 +407,7 @@ def _train_stage(run: _Run, stage: str, model: nn.Module, loss_fn, dataset, batc
                "compile": compile_note}
     run.stats.setdefault(stage, []).append(session)
     _write_stats(root, run.stats)
-    if stopped:
+    if history.stopped:
         raise PipelineInterrupted(
             f"stage {_stage_index(stage)} ({stage}) stopped after step {stop_step} of {total}; its checkpoint is "
             f"{path.name} in {_shown(root)}. Call run_pipeline(config, device, resume=True) to continue.",

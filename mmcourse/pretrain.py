@@ -33,7 +33,6 @@ width, V values of an attribute (or vocabulary size for token logits), P prompts
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,7 +50,7 @@ from .data.world import ATTRIBUTES, Scenes, World
 from .encoders import Encoder, make_encoder, pre_norm_transformer
 from .losses import MAX_LOGIT_SCALE, ContrastiveLoss
 from .metrics import as_numpy, recall_at_k
-from .training import History, TrainConfig, load_checkpoint, train
+from .training import History, TrainConfig, load_or_train, train
 from .utils import build_dir
 
 # ----------------------------------------------------------------------------- contrastive alignment
@@ -661,21 +660,14 @@ def load_stage1(profile: Profile | str, seed: int, device) -> ContrastiveModel:
 
     A finished checkpoint at :func:`stage1_checkpoint` is loaded; an unfinished one is resumed;
     without one (or with one from a different model, e.g. after a code change, with a warning)
-    stage 1 is trained by :func:`pretrain_stage1`, which writes the checkpoint.
+    stage 1 is trained by :func:`pretrain_stage1`, which writes the checkpoint
+    (:func:`mmcourse.training.load_or_train`).
 
     Returns:
         A :class:`ContrastiveModel` on ``device`` in eval mode; ``model.encoders`` holds the
         "audio", "image" and "text" encoders.
     """
     profile, device = _profile(profile), torch.device(device)
-    path = stage1_checkpoint(profile, seed)
-    if path.is_file():
-        model = make_stage1_model(profile)
-        try:
-            finished = load_checkpoint(path, model)["run"]["finished"]
-        except ValueError as exc:
-            warnings.warn(f"retraining stage 1: {exc}", stacklevel=2)
-            return pretrain_stage1(profile, seed, device, progress=False)[0]
-        if finished:
-            return model.to(device).eval()
-    return pretrain_stage1(profile, seed, device, resume=True, progress=False)[0]
+    return load_or_train(stage1_checkpoint(profile, seed), lambda: make_stage1_model(profile),
+                         lambda resume: pretrain_stage1(profile, seed, device, resume=resume, progress=False)[0],
+                         device)

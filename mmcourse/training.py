@@ -20,6 +20,23 @@ What the loop guarantees:
   and metrics as an uninterrupted run.
 - **A NaN or infinite loss** stops the run with :class:`NonFiniteLossError`,
   naming the step where it appeared and the last finite loss.
+- **A run can be paused** by ``train(..., stop=...)``: ``stop(state)`` is asked
+  after each step with the :class:`RunState`; when it says yes, the checkpoint
+  is written, the run is not finished, and ``resume=True`` continues it.
+- **The TensorBoard writer is closed** on every way out (the end, a pause,
+  early stopping, an error, Ctrl-C).
+
+How :func:`train` reads, top-down: ``_Loop.resume`` (from a checkpoint), then
+``_Loop.run`` → ``run_epoch`` → ``train_step`` and ``after_step`` (evaluate,
+epoch end, stop, periodic checkpoint) → ``finish``; ``_Loop.contents`` is what
+a checkpoint holds.
+
+Room for distributed training (not used yet: every run today is one process).
+If the loader's sampler has ``set_epoch`` (``DistributedSampler``), it is
+called at each epoch's start; only rank 0 (:func:`_rank`, 0 without a process
+group) writes checkpoints, TensorBoard and progress bars; the training means of
+the history go through :func:`_reduce`, the identity without a process group
+and an ``all_reduce`` sum with one.
 
 ``fit``, ``train_epoch``, ``predict`` and ``accuracy_on`` are the small
 classification helpers of chapters 02–05; ``fit`` and ``train_epoch`` are
@@ -32,6 +49,7 @@ import io
 import math
 import os
 import time
+import warnings
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Callable, Mapping
@@ -52,6 +70,8 @@ _RESUMABLE_CHANGES = {"progress", "tensorboard", "log_every", "checkpoint_every"
 
 LossFn = Callable[[nn.Module, object], "torch.Tensor | Mapping[str, torch.Tensor]"]
 EvalFn = Callable[[nn.Module], Mapping[str, float]]
+StopFn = Callable[["RunState"], bool]
+STOP_REQUESTED = "stop requested"    # how History.stop_reason begins when train's `stop` paused the run
 
 
 class NonFiniteLossError(RuntimeError):
@@ -162,6 +182,11 @@ class History:
     stop_reason: str = ""
 
     @property
+    def stopped(self) -> bool:
+        """True when ``train``'s ``stop`` paused the run: it is not finished, ``resume=True`` continues it."""
+        return self.stop_reason.startswith(STOP_REQUESTED)
+
+    @property
     def dev_accuracy(self) -> list[float]:
         """``metrics["dev_accuracy"]`` (empty if the run did not report it)."""
         return self.metrics.get("dev_accuracy", [])
@@ -172,6 +197,32 @@ class History:
     @classmethod
     def from_dict(cls, data: Mapping) -> "History":
         return cls(**{f.name: copy.deepcopy(data[f.name]) for f in fields(cls)})
+
+
+@dataclass
+class RunState:
+    """Where a run stands: checkpoints store it, and ``train``'s ``stop(state)`` reads it after each step.
+
+    Attributes:
+        step: optimizer steps done.
+        epoch: epochs done.
+        batch: batches done in the current epoch.
+        finished: the run ended (completed, early stopping, ``max_steps``); resuming returns at once.
+        bad_evals: evaluations since ``monitor`` last improved.
+        best: the best ``monitor`` value so far (None before the first evaluation).
+        epoch_rng: the loader generator's state when the current epoch began (to replay its order).
+    """
+
+    step: int = 0
+    epoch: int = 0
+    batch: int = 0
+    finished: bool = False
+    bad_evals: int = 0
+    best: float | None = None
+    epoch_rng: torch.Tensor | None = None
+
+    def as_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -237,7 +288,57 @@ def save_checkpoint(path, contents: Mapping) -> Path:
     return atomic_write(path, lambda f: f.write(buffer.getbuffer()))
 
 
-# ----------------------------------------------------------------------------- the loop
+def load_or_train(path, build_model: Callable[[], nn.Module], train_fn: Callable[[bool], nn.Module],
+                  device) -> nn.Module:
+    """An earlier chapter's model from its declared checkpoint ``path``, trained first when it is not there.
+
+    A finished checkpoint loads into ``build_model()``; an unfinished one is continued by
+    ``train_fn(True)`` (resume), and a missing one trained by it; one saved from a different
+    model (e.g. after a code change) is retrained afresh by ``train_fn(False)``, with a warning.
+    ``train_fn(resume)`` must train with ``checkpoint=path`` and return the trained model.
+
+    Returns:
+        the model on ``device``, in eval mode.
+    """
+    path = Path(path)
+    if path.is_file():
+        model = build_model()
+        try:
+            finished = load_checkpoint(path, model)["run"]["finished"]
+        except ValueError as exc:
+            warnings.warn(f"retraining {path.name}: {exc}", stacklevel=2)
+            return train_fn(False).to(device).eval()
+        if finished:
+            return model.to(device).eval()
+    return train_fn(True).to(device).eval()
+
+
+# ----------------------------------------------------------------------------- room for distributed training
+
+def _rank() -> int:
+    """This process's rank in the default process group; 0 without one (every run of the course today)."""
+    dist = torch.distributed
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def _reduce(tensor: torch.Tensor) -> torch.Tensor:
+    """The sum of ``tensor`` over all ranks (a new tensor); ``tensor`` itself without a process group."""
+    dist = torch.distributed
+    if not (dist.is_available() and dist.is_initialized()):
+        return tensor
+    total = tensor.clone()
+    dist.all_reduce(total, op=dist.ReduceOp.SUM)
+    return total
+
+
+def _set_epoch(loader, epoch: int) -> None:
+    """Tell the loader's sampler which epoch starts, if it asks (``DistributedSampler`` reshuffles by epoch)."""
+    sampler = getattr(loader, "sampler", None)
+    if hasattr(sampler, "set_epoch"):
+        sampler.set_epoch(epoch)
+
+
+# ----------------------------------------------------------------------------- the loop's parts
 
 def _batch_size(batch) -> int:
     """Number of samples in a batch: the length of its first tensor."""
@@ -308,7 +409,14 @@ class _Meter:
                 "checkpoint, which holds only finite weights.")
 
     def mean_loss(self) -> float:
+        """This process's mean loss since the last reset (for its progress bar)."""
         return float(self.loss_sum) / max(self.count, 1)
+
+    def means(self) -> tuple[float, dict[str, float]]:
+        """Mean loss and mean extra scalars since the last reset, over all ranks (:func:`_reduce`)."""
+        count = max(float(_reduce(torch.tensor(float(self.count), dtype=self.dtype, device=self.device))), 1)
+        extras = {k: float(_reduce(v)) / count for k, v in self.extra_sums.items()}
+        return float(_reduce(self.loss_sum)) / count, extras
 
     def state(self) -> dict:
         return {"loss_sum": self.loss_sum.cpu(), "count": self.count,
@@ -330,6 +438,34 @@ def _progress_enabled(config: TrainConfig) -> bool:
     return os.environ.get(PROGRESS_ENV, "1") != "0"
 
 
+class _Progress:
+    """One epoch's progress bar (``tqdm.auto``), updated at sync points only; does nothing when switched off."""
+
+    def __init__(self, config: TrainConfig, state: RunState, steps_per_epoch: int):
+        self.bar = None
+        if _progress_enabled(config) and _rank() == 0:
+            from tqdm.auto import tqdm
+            self.bar = tqdm(total=steps_per_epoch, initial=state.batch, unit="step", leave=True,
+                            desc=f"epoch {state.epoch + 1}/{config.epochs}")
+        self.synced_at, self.samples, self.tick = state.step, 0, time.perf_counter()
+
+    def add(self, samples: int) -> None:
+        self.samples += samples
+
+    def sync(self, step: int, meter: _Meter) -> None:
+        if self.bar is None:
+            return
+        now = time.perf_counter()
+        self.bar.update(step - self.synced_at)
+        self.bar.set_postfix(loss=f"{meter.mean_loss():.4f}", samples_per_s=f"{self.samples / (now - self.tick):.0f}",
+                             refresh=False)
+        self.synced_at, self.samples, self.tick = step, 0, now
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
 def _shuffle_generator(loader) -> torch.Generator | None:
     """The generator that decides a shuffled loader's order (None if the loader does not shuffle)."""
     if not isinstance(loader, DataLoader):
@@ -338,7 +474,7 @@ def _shuffle_generator(loader) -> torch.Generator | None:
                             f"got {type(loader).__name__}")
         return None             # a fixed sequence of batches: the same order every epoch
     if not isinstance(loader.sampler, RandomSampler):
-        return None
+        return None             # in order, or a sampler that orders by epoch (DistributedSampler, see _set_epoch)
     generator = loader.sampler.generator
     if generator is None:
         raise ValueError("the loader shuffles without its own torch.Generator, so a resumed run could not replay its "
@@ -357,9 +493,260 @@ def _state_dict_copy(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
+def _open_writer(config: TrainConfig, step: int):
+    """The TensorBoard writer of ``config.tensorboard`` (rank 0 only), or None."""
+    if not config.tensorboard or _rank() != 0:
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as exc:
+        raise ImportError("TrainConfig.tensorboard needs the tensorboard package (pip install tensorboard)") from exc
+    return SummaryWriter(str(build_dir("tensorboard", config.tensorboard)), purge_step=step or None)
+
+
+def _check_setup(config, evaluate, checkpoint, resume: bool) -> None:
+    if not isinstance(config, TrainConfig):
+        raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
+    if config.patience is not None and evaluate is None:
+        raise ValueError("TrainConfig.patience needs an evaluate function to watch")
+    if config.restore_best and evaluate is None:
+        raise ValueError("TrainConfig.restore_best needs an evaluate function")
+    if resume and checkpoint is None:
+        raise ValueError("resume=True needs a checkpoint path")
+
+
+def _check_resumable(data: Mapping, config: TrainConfig, steps_per_epoch: int, path: Path) -> None:
+    """Refuse a checkpoint made with settings that would change the numbers."""
+    changed = sorted(k for k, v in data["config"].items()
+                     if k not in _RESUMABLE_CHANGES and asdict(config).get(k) != v)
+    if changed:
+        raise ValueError(f"checkpoint {path} was made with a different TrainConfig ({', '.join(changed)} "
+                         "differ); resume with the same settings or start afresh (resume=False)")
+    if data["steps_per_epoch"] != steps_per_epoch:
+        raise ValueError(f"checkpoint {path} had {data['steps_per_epoch']} steps per epoch, this loader has "
+                         f"{steps_per_epoch}: resume with the same data and batch size")
+
+
+def _rng_state(generator: torch.Generator | None, device: torch.device) -> dict:
+    return {"torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else [],
+            "loader": generator.get_state() if generator is not None else None}
+
+
+def _restore_rng(saved: Mapping, generator: torch.Generator | None, device: torch.device) -> None:
+    torch.set_rng_state(saved["torch"])
+    if generator is not None and saved["loader"] is not None:
+        generator.set_state(saved["loader"])
+    if saved["cuda"] and device.type == "cuda":
+        torch.cuda.set_rng_state_all(saved["cuda"])
+
+
+# ----------------------------------------------------------------------------- the loop
+
+class _Loop:
+    """What one call of :func:`train` works on, and its parts: resume, step, evaluate, checkpoint."""
+
+    def __init__(self, model, loss_fn, loader, config: TrainConfig, device: torch.device, evaluate, optimizer,
+                 extra_params, checkpoint):
+        self.model, self.loss_fn, self.loader, self.config, self.device = model, loss_fn, loader, config, device
+        self.evaluate_fn, self.extra_params = evaluate, list(extra_params)
+        self.checkpoint = Path(checkpoint) if checkpoint is not None else None
+        self.generator = _shuffle_generator(loader)
+        self.steps_per_epoch = len(loader)
+        if self.steps_per_epoch == 0:
+            raise ValueError("the training loader yields no batches")
+        self.total_steps = min(config.epochs * self.steps_per_epoch, config.max_steps or math.inf)
+        self.params = [p for p in [*model.parameters(), *self.extra_params] if p.requires_grad]
+        self.optimizer = optimizer or make_optimizer(self.params, config)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: config.lr_factor(s, self.total_steps))
+        self.meter, self.history, self.state = _Meter(device), History(), RunState()
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self.writer, self.clock = None, time.perf_counter()
+
+    # -- resume and checkpoint
+
+    def resume(self) -> None:
+        """Continue from the checkpoint: weights, optimizer, schedule, history, meter and random states."""
+        data = load_checkpoint(self.checkpoint, self.model)
+        _check_resumable(data, self.config, self.steps_per_epoch, self.checkpoint)
+        self.optimizer.load_state_dict(data["optimizer"])
+        self.scheduler.load_state_dict(data["scheduler"])
+        with torch.no_grad():
+            for p, saved in zip(self.extra_params, data["extra_params"]):
+                p.copy_(saved)
+        self.state = RunState(**data["run"])
+        self.history = History.from_dict(data["history"])
+        if not self.state.finished:
+            self.history.stop_reason = ""        # a paused run goes on: why it paused no longer holds
+        self.meter.load(data["meter"])
+        self.best_state = data["best_state"]
+        _restore_rng(data["rng"], self.generator, self.device)
+
+    def contents(self) -> dict:
+        """Everything a checkpoint holds (after a NaN check: never write weights that a NaN has touched)."""
+        self.meter.check_finite()
+        return {"format": CHECKPOINT_FORMAT, "model": self.model.state_dict(),
+                "signature": model_signature(self.model), "model_class": type(self.model).__name__,
+                "config": asdict(self.config), "steps_per_epoch": self.steps_per_epoch,
+                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "extra_params": [p.detach() for p in self.extra_params], "run": self.state.as_dict(),
+                "history": self.history.as_dict(), "meter": self.meter.state(), "best_state": self.best_state,
+                "rng": _rng_state(self.generator, self.device)}
+
+    def save(self) -> None:
+        """Write the checkpoint, if the run has one, from rank 0 only."""
+        if self.checkpoint is not None and _rank() == 0:
+            save_checkpoint(self.checkpoint, self.contents())
+
+    # -- one step, one epoch
+
+    def train_step(self, batch) -> int:
+        """One optimizer step on ``batch``; returns its number of samples. Nothing here waits for the device."""
+        batch = to_device(batch, self.device)
+        with autocast(self.device):
+            loss, extras = _split_loss(self.loss_fn(self.model, batch))
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.config.grad_clip is not None:
+            nn.utils.clip_grad_norm_(self.params, self.config.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        n = _batch_size(batch)
+        self.meter.add(loss, extras, n)
+        self.state.step += 1
+        self.state.batch += 1
+        return n
+
+    def run_epoch(self, stop) -> None:
+        """The rest of the current epoch (a resumed epoch replays its order and skips the batches done)."""
+        state = self.state
+        if self.generator is not None:
+            if state.batch == 0 or state.epoch_rng is None:
+                state.epoch_rng = self.generator.get_state()
+            else:
+                self.generator.set_state(state.epoch_rng)
+        _set_epoch(self.loader, state.epoch)
+        batches = iter(self.loader)
+        for _ in range(state.batch):
+            next(batches)
+        progress = _Progress(self.config, state, self.steps_per_epoch)
+        try:
+            for batch in batches:
+                progress.add(self.train_step(batch))
+                if state.step % self.config.log_every == 0 or state.batch == self.steps_per_epoch:
+                    self.meter.check_finite()
+                    progress.sync(state.step, self.meter)
+                if self.after_step(stop):
+                    break
+        finally:
+            progress.close()
+
+    def after_step(self, stop) -> bool:
+        """Evaluate, end the epoch, decide whether to stop, checkpoint; True when the run stops here."""
+        state, config, history = self.state, self.config, self.history
+        if config.eval_every is not None and state.step % config.eval_every == 0:
+            self.evaluate()
+        if state.batch == self.steps_per_epoch:
+            state.epoch, state.batch, state.epoch_rng = state.epoch + 1, 0, None
+            if config.eval_every is None:
+                self.evaluate()
+        if config.max_steps is not None and state.step >= config.max_steps and not history.stop_reason:
+            history.stop_reason = f"max_steps ({config.max_steps}) reached"
+        if stop is not None and not history.stop_reason and state.step < self.total_steps and stop(state):
+            history.stop_reason = f"{STOP_REQUESTED} at step {state.step}"
+        if history.stop_reason:
+            return True
+        if (config.checkpoint_every is not None and state.step % config.checkpoint_every == 0
+                and state.step < self.total_steps):        # the last one is written by finish()
+            self.save()
+        return False
+
+    # -- evaluation
+
+    def evaluate(self) -> None:
+        """Evaluate, append to the history (and TensorBoard), reset the meter, watch for early stopping."""
+        self.meter.check_finite()
+        self.model.eval()
+        with torch.no_grad(), autocast(self.device):
+            values = dict(self.evaluate_fn(self.model)) if self.evaluate_fn is not None else {}
+        self.model.train()
+        train_loss, extras = self.meter.means()
+        values.update({f"train_{k}": v for k, v in extras.items()})
+        self.record(train_loss, values)
+        self.meter.reset()
+        if self.evaluate_fn is not None:
+            self.watch(values)
+
+    def record(self, train_loss: float, values: Mapping[str, float]) -> None:
+        history, step, now = self.history, self.state.step, time.perf_counter()
+        history.step.append(step)
+        history.epoch.append(step / self.steps_per_epoch)
+        history.train_loss.append(train_loss)
+        history.lr.append(self.optimizer.param_groups[0]["lr"])
+        history.seconds.append(now - self.clock)
+        self.clock = now
+        for k, v in values.items():
+            history.metrics.setdefault(k, []).append(float(v))
+        if self.writer is not None:
+            self.writer.add_scalar("train/loss", train_loss, step)
+            self.writer.add_scalar("train/lr", history.lr[-1], step)
+            for k, v in values.items():
+                self.writer.add_scalar(k, float(v), step)
+
+    def watch(self, values: Mapping[str, float]) -> None:
+        """Track the best ``monitor`` value (and its weights); set the stop reason when patience runs out."""
+        config, state, history = self.config, self.state, self.history
+        if config.monitor not in values:
+            raise ValueError(f"evaluate() returned {sorted(values)}, which lacks TrainConfig.monitor "
+                             f"{config.monitor!r}")
+        value, sign = float(values[config.monitor]), 1.0 if config.mode == "max" else -1.0
+        if state.best is None or sign * value > sign * state.best:
+            state.best, state.bad_evals = value, 0
+            history.best_step = state.step
+            if config.restore_best:
+                self.best_state = _state_dict_copy(self.model)
+            return
+        state.bad_evals += 1
+        if config.patience is not None and state.bad_evals >= config.patience:
+            history.stop_reason = (f"early stop at step {state.step}: {config.monitor} did not improve for "
+                                   f"{config.patience} evaluations (best {state.best:.4f} at step "
+                                   f"{history.best_step})")
+
+    # -- the whole run
+
+    def run(self, stop) -> History:
+        """Train from where the state stands to the end of the run, or until ``stop``; write the checkpoint."""
+        self.writer, self.clock = _open_writer(self.config, self.state.step), time.perf_counter()
+        try:
+            self.model.train()
+            while self.state.epoch < self.config.epochs and not self.history.stop_reason:
+                self.run_epoch(stop)
+            if self.history.stopped:
+                self.save()                 # paused, not finished: a resume continues from here
+                return self.history
+            self.finish()
+        finally:
+            if self.writer is not None:
+                self.writer.close()
+        return self.history
+
+    def finish(self) -> None:
+        """The last evaluation, the stop reason, the best weights, and the final checkpoint."""
+        self.meter.check_finite()
+        if self.evaluate_fn is not None and self.history.step and self.history.step[-1] != self.state.step:
+            self.evaluate()                  # the last steps after the last scheduled evaluation
+        self.history.stop_reason = self.history.stop_reason or "completed"
+        self.state.finished = True
+        if self.config.restore_best and self.best_state is not None:
+            self.model.load_state_dict(self.best_state)
+        self.save()
+
+
 def train(model: nn.Module, loss_fn: LossFn, loader: DataLoader, config: TrainConfig, device, *,
           evaluate: EvalFn | None = None, checkpoint=None, resume: bool = False,
-          optimizer: torch.optim.Optimizer | None = None, extra_params=()) -> History:
+          optimizer: torch.optim.Optimizer | None = None, extra_params=(),
+          stop: StopFn | None = None) -> History:
     """Train ``model`` on ``loss_fn`` over ``loader`` as ``config`` says; return the :class:`History`.
 
     Args:
@@ -376,198 +763,23 @@ def train(model: nn.Module, loss_fn: LossFn, loader: DataLoader, config: TrainCo
         resume: continue from ``checkpoint`` if it exists (a finished run returns its history at once).
         optimizer: defaults to :func:`make_optimizer` over the model's parameters and ``extra_params``.
         extra_params: parameters trained besides the model's (e.g. a loss's learnable temperature).
+        stop: ``stop(state) -> bool``, asked after every step before the last with the :class:`RunState`
+            (read it, do not change it); True pauses the run there: the checkpoint is written, the run is
+            not finished (``resume=True`` continues it exactly), and ``History.stopped`` is True.
+            ``stop=lambda s: s.step >= 100`` stops after 100 steps.
 
     Raises:
         NonFiniteLossError: when the loss becomes NaN or infinite (step and last finite loss named).
         ValueError: for an inconsistent setup (early stopping without ``evaluate``, a checkpoint of
             another model or configuration, ...).
     """
-    if not isinstance(config, TrainConfig):
-        raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
-    if config.patience is not None and evaluate is None:
-        raise ValueError("TrainConfig.patience needs an evaluate function to watch")
-    if config.restore_best and evaluate is None:
-        raise ValueError("TrainConfig.restore_best needs an evaluate function")
-    if resume and checkpoint is None:
-        raise ValueError("resume=True needs a checkpoint path")
-    device = torch.device(device)
-    generator = _shuffle_generator(loader)
-    steps_per_epoch = len(loader)
-    if steps_per_epoch == 0:
-        raise ValueError("the training loader yields no batches")
-    total_steps = config.epochs * steps_per_epoch
-    if config.max_steps is not None:
-        total_steps = min(total_steps, config.max_steps)
-    params = [p for p in [*model.parameters(), *extra_params] if p.requires_grad]
-    optimizer = optimizer or make_optimizer(params, config)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: config.lr_factor(s, total_steps))
-    meter = _Meter(device)
-    history = History()
-    run = {"step": 0, "epoch": 0, "batch": 0, "finished": False, "bad_evals": 0,
-           "best": None, "epoch_rng": None}
-    best_state = None
-    checkpoint = Path(checkpoint) if checkpoint is not None else None
-
-    def contents() -> dict:
-        meter.check_finite()            # never write weights that a NaN has touched
-        return {"format": CHECKPOINT_FORMAT, "model": model.state_dict(), "signature": model_signature(model),
-                "model_class": type(model).__name__, "config": asdict(config),
-                "steps_per_epoch": steps_per_epoch, "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "extra_params": [p.detach() for p in extra_params],
-                "run": dict(run), "history": history.as_dict(), "meter": meter.state(),
-                "best_state": best_state,
-                "rng": {"torch": torch.get_rng_state(),
-                        "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else [],
-                        "loader": generator.get_state() if generator is not None else None}}
-
-    if resume and checkpoint.is_file():
-        data = load_checkpoint(checkpoint, model)
-        changed = sorted(k for k, v in data["config"].items()
-                         if k not in _RESUMABLE_CHANGES and asdict(config).get(k) != v)
-        if changed:
-            raise ValueError(f"checkpoint {checkpoint} was made with a different TrainConfig ({', '.join(changed)} "
-                             "differ); resume with the same settings or start afresh (resume=False)")
-        if data["steps_per_epoch"] != steps_per_epoch:
-            raise ValueError(f"checkpoint {checkpoint} had {data['steps_per_epoch']} steps per epoch, this loader has "
-                             f"{steps_per_epoch}: resume with the same data and batch size")
-        optimizer.load_state_dict(data["optimizer"])
-        scheduler.load_state_dict(data["scheduler"])
-        with torch.no_grad():
-            for p, saved in zip(extra_params, data["extra_params"]):
-                p.copy_(saved)
-        run.update(data["run"])
-        history = History.from_dict(data["history"])
-        meter.load(data["meter"])
-        best_state = data["best_state"]
-        torch.set_rng_state(data["rng"]["torch"])
-        if generator is not None and data["rng"]["loader"] is not None:
-            generator.set_state(data["rng"]["loader"])
-        if data["rng"]["cuda"] and device.type == "cuda":
-            torch.cuda.set_rng_state_all(data["rng"]["cuda"])
-        if run["finished"]:
-            return history
-
-    writer = None
-    if config.tensorboard:
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError as exc:
-            raise ImportError("TrainConfig.tensorboard needs the tensorboard package (pip install tensorboard)") from exc
-        writer = SummaryWriter(str(build_dir("tensorboard", config.tensorboard)), purge_step=run["step"] or None)
-    bar_factory = None
-    if _progress_enabled(config):
-        from tqdm.auto import tqdm as bar_factory
-
-    sign = 1.0 if config.mode == "max" else -1.0
-    clock = time.perf_counter()
-    stop = False
-
-    def do_evaluate():
-        nonlocal clock, best_state, stop
-        meter.check_finite()
-        model.eval()
-        with torch.no_grad(), autocast(device):
-            values = dict(evaluate(model)) if evaluate is not None else {}
-        model.train()
-        values.update({f"train_{k}": float(v) / max(meter.count, 1) for k, v in meter.extra_sums.items()})
-        now = time.perf_counter()
-        history.step.append(run["step"])
-        history.epoch.append(run["step"] / steps_per_epoch)
-        history.train_loss.append(meter.mean_loss())
-        history.lr.append(optimizer.param_groups[0]["lr"])
-        history.seconds.append(now - clock)
-        clock = now
-        for k, v in values.items():
-            history.metrics.setdefault(k, []).append(float(v))
-        if writer is not None:
-            writer.add_scalar("train/loss", history.train_loss[-1], run["step"])
-            writer.add_scalar("train/lr", history.lr[-1], run["step"])
-            for k, v in values.items():
-                writer.add_scalar(k, float(v), run["step"])
-        meter.reset()
-        if evaluate is None:
-            return
-        if config.monitor not in values:
-            raise ValueError(f"evaluate() returned {sorted(values)}, which lacks TrainConfig.monitor "
-                             f"{config.monitor!r}")
-        value = float(values[config.monitor])
-        if run["best"] is None or sign * value > sign * run["best"]:
-            run["best"], run["bad_evals"] = value, 0
-            history.best_step = run["step"]
-            if config.restore_best:
-                best_state = _state_dict_copy(model)
-        else:
-            run["bad_evals"] += 1
-            if config.patience is not None and run["bad_evals"] >= config.patience:
-                history.stop_reason = (f"early stop at step {run['step']}: {config.monitor} did not improve for "
-                                       f"{config.patience} evaluations (best {run['best']:.4f} at step "
-                                       f"{history.best_step})")
-                stop = True
-
-    model.train()
-    while run["epoch"] < config.epochs and not stop:
-        if generator is not None:
-            if run["batch"] == 0 or run["epoch_rng"] is None:
-                run["epoch_rng"] = generator.get_state()
-            else:
-                generator.set_state(run["epoch_rng"])   # replay this epoch's order, then skip what is done
-        batches = iter(loader)
-        for _ in range(run["batch"]):
-            next(batches)
-        bar = (bar_factory(total=steps_per_epoch, initial=run["batch"], unit="step", leave=True,
-                           desc=f"epoch {run['epoch'] + 1}/{config.epochs}") if bar_factory else None)
-        synced_at, samples, tick = run["step"], 0, time.perf_counter()
-        for batch in batches:
-            batch = to_device(batch, device)
-            with autocast(device):
-                loss, extras = _split_loss(loss_fn(model, batch))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if config.grad_clip is not None:
-                nn.utils.clip_grad_norm_(params, config.grad_clip)
-            optimizer.step()
-            scheduler.step()
-            n = _batch_size(batch)
-            meter.add(loss, extras, n)
-            samples += n
-            run["step"] += 1
-            run["batch"] += 1
-            if run["step"] % config.log_every == 0 or run["batch"] == steps_per_epoch:
-                meter.check_finite()
-                if bar is not None:
-                    now = time.perf_counter()
-                    bar.update(run["step"] - synced_at)
-                    bar.set_postfix(loss=f"{meter.mean_loss():.4f}", samples_per_s=f"{samples / (now - tick):.0f}",
-                                    refresh=False)
-                    synced_at, samples, tick = run["step"], 0, now
-            if config.eval_every is not None and run["step"] % config.eval_every == 0:
-                do_evaluate()
-            if run["batch"] == steps_per_epoch:
-                run["epoch"], run["batch"], run["epoch_rng"] = run["epoch"] + 1, 0, None
-                if config.eval_every is None:
-                    do_evaluate()
-            if config.max_steps is not None and run["step"] >= config.max_steps and not stop:
-                stop, history.stop_reason = True, f"max_steps ({config.max_steps}) reached"
-            if (checkpoint is not None and config.checkpoint_every is not None
-                    and run["step"] % config.checkpoint_every == 0 and run["step"] < total_steps):
-                save_checkpoint(checkpoint, contents())
-            if stop:
-                break
-        if bar is not None:
-            bar.close()
-
-    meter.check_finite()
-    if evaluate is not None and history.step and history.step[-1] != run["step"]:
-        do_evaluate()                      # the last steps after the last scheduled evaluation
-    history.stop_reason = history.stop_reason or "completed"
-    run["finished"] = True
-    if config.restore_best and best_state is not None:
-        model.load_state_dict(best_state)
-    if checkpoint is not None:
-        save_checkpoint(checkpoint, contents())
-    if writer is not None:
-        writer.close()
-    return history
+    _check_setup(config, evaluate, checkpoint, resume)
+    loop = _Loop(model, loss_fn, loader, config, torch.device(device), evaluate, optimizer, extra_params, checkpoint)
+    if resume and loop.checkpoint.is_file():
+        loop.resume()
+        if loop.state.finished:
+            return loop.history
+    return loop.run(stop)
 
 
 # ----------------------------------------------------------------------------- classification helpers

@@ -232,3 +232,45 @@ def peak_memory(device) -> tuple[float, str]:
     import resource
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss     # KiB on Linux, bytes on macOS
     return peak / (2**20 if sys.platform == "darwin" else 2**10), "process peak RSS (CPU, since start)"
+
+
+# --- CPU threads ---
+# The course's models are small: a step is many short ops. On a CPU, PyTorch splits each op over its
+# intra-op threads, which then wait for each other; GNU OpenMP makes a waiting thread spin for a while
+# before it sleeps. When another process keeps a core busy, a spinning thread steals the very core its
+# partner needs, and notebooks ran 5-14x slower (measured in chapters 03-05 on 2 cores). One thread has
+# no partner to wait for, so nothing spins; benchmarks/bench_threads.py measures both ways.
+
+THREADS_ENV = "MMCOURSE_THREADS"   # overrides the thread count chosen by configure_threads
+SMALL_MODEL_THREADS = 1            # torch and BLAS threads on a CPU for the course's small models
+
+
+def configure_threads(device, threads: int | None = None) -> int:
+    """Decide torch's and BLAS's CPU thread count for the course's small models; return torch's count.
+
+    On a CPU device: ``threads`` if given, else ``$MMCOURSE_THREADS``, else ``SMALL_MODEL_THREADS`` (1),
+    for torch's intra-op pool (``torch.set_num_threads``) and for the BLAS libraries that NumPy and
+    scikit-learn call (``threadpoolctl``). One thread also settles the wait policy: with no second thread
+    there is nothing to spin-wait for, so ``OMP_WAIT_POLICY`` (read only when torch is imported) no longer
+    matters. On a GPU the CPU only feeds it: torch keeps its default pool unless ``threads`` is given.
+
+    Raises:
+        ValueError: if ``threads`` (or ``$MMCOURSE_THREADS``) is not a positive int.
+    """
+    device = torch.device(device)
+    value = threads if threads is not None else os.environ.get(THREADS_ENV) or None
+    if value is None:
+        if device.type != "cpu":
+            return torch.get_num_threads()
+        value = SMALL_MODEL_THREADS
+    try:
+        count = int(value)
+    except (TypeError, ValueError):
+        count = 0
+    if isinstance(value, bool) or isinstance(value, float) or count < 1:
+        source = "threads" if threads is not None else f"${THREADS_ENV}"
+        raise ValueError(f"{source} must be a positive int, got {value!r}")
+    torch.set_num_threads(count)
+    from threadpoolctl import threadpool_limits
+    threadpool_limits(limits=count)      # not as a context manager: the limit stays for the session
+    return count

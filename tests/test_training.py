@@ -453,3 +453,228 @@ def test_classification_loss_is_the_cross_entropy_of_the_models_logits():
     x, y = torch.randn(5, 3), torch.tensor([0, 3, 1, 1, 2])
     expected = -torch.log_softmax(model(x), 1)[torch.arange(5), y].mean()
     torch.testing.assert_close(classification_loss(model, (x, y)), expected)
+
+
+# ----------------------------------------------------------------------------- pausing a run: train(..., stop=...)
+
+@pytest.mark.parametrize("stop_at", [6, 8])   # mid-epoch, and exactly at an epoch's end (8 steps per epoch)
+def test_a_stop_callback_pauses_with_a_checkpoint_and_resume_equals_an_uninterrupted_run(tmp_path, stop_at):
+    reference = _run(CONFIG)
+    seen = []
+
+    def stop(state):
+        seen.append(state.step)
+        return state.step >= stop_at
+
+    path = tmp_path / "paused.pt"
+    model = tiny_model()
+    history = train(model, tiny_loss, tiny_loader(tiny_data()), CONFIG, CPU, evaluate=_evaluate(tiny_data(seed=1)),
+                    checkpoint=path, stop=stop)
+    assert seen == list(range(1, stop_at + 1))                 # asked after every step, until it said yes
+    assert history.stopped and history.stop_reason == f"stop requested at step {stop_at}"
+    saved = read_checkpoint(path)
+    assert saved["run"]["step"] == stop_at and not saved["run"]["finished"]
+    for k, v in model.state_dict().items():                    # the checkpoint holds the weights of the pause
+        assert torch.equal(saved["model"][k], v), k
+    torch.manual_seed(12345)                                   # the resumed process's RNG starts elsewhere
+    resumed = _run(CONFIG, checkpoint=path, resume=True, model=tiny_model(seed=7))
+    assert not resumed[1].stopped and resumed[1].stop_reason == "completed"
+    _same_run(reference, resumed)
+
+
+def test_a_stop_at_the_last_step_or_after_early_stopping_does_not_pause():
+    steps = 4 * math.ceil(240 / 32)
+    _, history = _run(CONFIG)
+    model = tiny_model()
+    at_end = train(model, tiny_loss, tiny_loader(tiny_data()), CONFIG, CPU, evaluate=_evaluate(tiny_data(seed=1)),
+                   stop=lambda state: state.step >= steps)
+    assert at_end.stop_reason == "completed" and not at_end.stopped and at_end.step == history.step
+    scores = iter([0.5, 0.4, 0.3, 0.9])
+    config = TrainConfig(epochs=10, eval_every=2, patience=2, progress=False)
+    early = train(tiny_model(), tiny_loss, tiny_loader(tiny_data()), config, CPU,
+                  evaluate=lambda m: {"dev_accuracy": next(scores)}, stop=lambda state: state.step >= 6)
+    assert early.stop_reason.startswith("early stop at step 6") and not early.stopped
+
+
+def test_a_paused_run_without_a_checkpoint_returns_its_history():
+    history = train(tiny_model(), tiny_loss, tiny_loader(tiny_data()), CONFIG, CPU,
+                    evaluate=_evaluate(tiny_data(seed=1)), stop=lambda state: state.step >= 11)
+    assert history.stopped and history.step == [5, 10]       # no evaluation is added at a pause
+
+
+# ----------------------------------------------------------------------------- the TensorBoard writer is always closed
+
+class _FakeWriter:
+    """Stands in for SummaryWriter: records scalars and whether it was closed."""
+
+    made: list["_FakeWriter"] = []
+
+    def __init__(self, log_dir, purge_step=None):
+        self.log_dir, self.purge_step, self.scalars, self.closed = log_dir, purge_step, [], False
+        _FakeWriter.made.append(self)
+
+    def add_scalar(self, tag, value, step):
+        self.scalars.append((tag, step))
+
+    def close(self):
+        self.closed = True
+
+
+@pytest.fixture
+def fake_writer(monkeypatch):
+    import types
+    _FakeWriter.made = []
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", types.SimpleNamespace(SummaryWriter=_FakeWriter))
+    return _FakeWriter.made
+
+
+def _exploding(model, batch):
+    return tiny_loss(model, batch)["loss"] * float("nan")
+
+
+def _interrupted(model, batch):
+    raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("how, loss_fn, stop, error", [
+    ("completed", tiny_loss, None, None),
+    ("paused", tiny_loss, lambda state: state.step >= 3, None),
+    ("NaN", _exploding, None, NonFiniteLossError),
+    ("Ctrl-C", _interrupted, None, KeyboardInterrupt),
+])
+def test_the_tensorboard_writer_is_closed_on_every_exit(fake_writer, tmp_path, how, loss_fn, stop, error):
+    config = TrainConfig(**{**CONFIG.__dict__, "tensorboard": "closed", "eval_every": 2})
+    run = lambda: train(tiny_model(), loss_fn, tiny_loader(tiny_data()), config, CPU,  # noqa: E731
+                        evaluate=_evaluate(tiny_data(seed=1)), checkpoint=tmp_path / "c.pt", stop=stop)
+    if error is None:
+        run()
+    else:
+        with pytest.raises(error):
+            run()
+    assert len(fake_writer) == 1 and fake_writer[0].closed, how
+    if how == "paused":
+        assert ("train/loss", 2) in fake_writer[0].scalars
+
+
+def test_a_resumed_run_purges_tensorboard_steps_after_its_checkpoint(fake_writer, tmp_path):
+    config = TrainConfig(**{**CONFIG.__dict__, "tensorboard": "purged"})
+    path = tmp_path / "p.pt"
+    train(tiny_model(), tiny_loss, tiny_loader(tiny_data()), config, CPU, checkpoint=path,
+          stop=lambda state: state.step >= 5)
+    train(tiny_model(), tiny_loss, tiny_loader(tiny_data()), config, CPU, checkpoint=path, resume=True)
+    assert [w.purge_step for w in fake_writer] == [None, 5] and all(w.closed for w in fake_writer)
+
+
+# ----------------------------------------------------------------------------- room for distributed training
+
+class _EpochSampler(torch.utils.data.Sampler):
+    """A sampler that orders by epoch, as DistributedSampler does, and records set_epoch calls."""
+
+    def __init__(self, n):
+        self.n, self.epochs = n, []
+
+    def set_epoch(self, epoch):
+        self.epochs.append(epoch)
+
+    def __iter__(self):
+        return iter(torch.randperm(self.n, generator=torch.Generator().manual_seed(self.epochs[-1])).tolist())
+
+    def __len__(self):
+        return self.n
+
+
+def test_the_samplers_epoch_is_set_at_each_epoch_start_also_after_a_resume(tmp_path):
+    data, path = tiny_data(), tmp_path / "e.pt"
+    sampler = _EpochSampler(len(data))
+    loader = make_loader(data, 32)
+    loader = torch.utils.data.DataLoader(data, 32, sampler=sampler, collate_fn=loader.collate_fn)
+    config = TrainConfig(epochs=3, progress=False)
+    train(tiny_model(), tiny_loss, loader, config, CPU, checkpoint=path, stop=lambda state: state.step >= 12)
+    assert sampler.epochs == [0, 1]
+    train(tiny_model(), tiny_loss, loader, config, CPU, checkpoint=path, resume=True)
+    assert sampler.epochs == [0, 1, 1, 2]          # the resumed epoch 1 replays its order, then epoch 2
+
+
+def test_a_distributed_sampler_of_one_rank_resumes_exactly(tmp_path):
+    data = tiny_data()
+    collate = make_loader(data, 32).collate_fn
+
+    def run(**kwargs):
+        sampler = torch.utils.data.DistributedSampler(data, num_replicas=1, rank=0, shuffle=True, seed=3)
+        # Its own generator, as make_loader gives: without one, each iter(loader) draws from torch's global RNG.
+        loader = torch.utils.data.DataLoader(data, 32, sampler=sampler, collate_fn=collate,
+                                             generator=torch.Generator())
+        model = tiny_model()
+        return model, train(model, tiny_loss, loader, CONFIG, CPU, evaluate=_evaluate(tiny_data(seed=1)), **kwargs)
+
+    reference = run()
+    path = tmp_path / "d.pt"
+    assert run(checkpoint=path, stop=lambda state: state.step >= 11)[1].stopped
+    _same_run(reference, run(checkpoint=path, resume=True))
+
+
+def test_only_rank_zero_writes_checkpoints_and_tensorboard(monkeypatch, tmp_path, fake_writer):
+    from mmcourse import training
+    monkeypatch.setattr(training, "_rank", lambda: 1)
+    config = TrainConfig(**{**CONFIG.__dict__, "checkpoint_every": 2, "tensorboard": "rank1"})
+    _run(config, checkpoint=tmp_path / "r.pt")
+    assert not (tmp_path / "r.pt").exists() and fake_writer == []
+
+
+def test_reduce_is_the_identity_without_a_process_group_and_a_sum_with_one(tmp_path):
+    from mmcourse.training import _rank, _reduce
+    dist = torch.distributed
+    t = torch.tensor(2.5, dtype=torch.float64)
+    assert not dist.is_initialized() and _reduce(t) is t and _rank() == 0
+    if not dist.is_available() or not dist.is_gloo_available():
+        pytest.skip("torch.distributed with gloo is not available")
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        reduced = _reduce(t)
+        assert reduced is not t and torch.equal(reduced, t) and _rank() == 0    # one rank: the sum is itself
+        _same_run(_run(CONFIG), _run(CONFIG))    # the loop runs its all_reduce path and stays deterministic
+    finally:
+        dist.destroy_process_group()
+
+
+# ----------------------------------------------------------------------------- an earlier chapter's model: load_or_train
+
+def test_load_or_train_loads_a_finished_checkpoint_and_trains_a_missing_or_unfinished_one(tmp_path):
+    from mmcourse.training import load_or_train
+    path, calls = tmp_path / "stage.pt", []
+
+    def train_fn(resume, stop=None):
+        calls.append(resume)
+        model = tiny_model()
+        train(model, tiny_loss, tiny_loader(tiny_data()), CONFIG, CPU, checkpoint=path, resume=resume, stop=stop)
+        return model
+
+    trained = load_or_train(path, tiny_model, train_fn, CPU)          # missing: trained, checkpoint written
+    assert calls == [True] and path.is_file() and not trained.training
+    loaded = load_or_train(path, lambda: tiny_model(seed=9), train_fn, CPU)   # finished: loaded, not trained
+    assert calls == [True] and not loaded.training
+    for k, v in trained.state_dict().items():
+        assert torch.equal(loaded.state_dict()[k], v), k
+    train_fn(False, stop=lambda state: state.step >= 3)               # an unfinished checkpoint: continued
+    calls.clear()
+    resumed = load_or_train(path, tiny_model, train_fn, CPU)
+    assert calls == [True] and read_checkpoint(path)["run"]["finished"]
+    for k, v in trained.state_dict().items():
+        assert torch.equal(resumed.state_dict()[k], v), k
+
+
+def test_load_or_train_retrains_a_checkpoint_of_another_model_with_a_warning(tmp_path):
+    from mmcourse.training import load_or_train
+    path, calls = tmp_path / "old.pt", []
+    _run(CONFIG, checkpoint=path)                                     # a 16-wide model's checkpoint
+
+    def train_fn(resume):
+        calls.append(resume)
+        model = tiny_model(hidden=32)
+        train(model, tiny_loss, tiny_loader(tiny_data()), CONFIG, CPU, checkpoint=path, resume=resume)
+        return model
+
+    with pytest.warns(UserWarning, match=r"retraining old.pt: checkpoint .* different model .*\(16, 8\) in the file"):
+        model = load_or_train(path, lambda: tiny_model(hidden=32), train_fn, CPU)
+    assert calls == [False] and model[0].weight.shape == (32, 8)
+    assert read_checkpoint(path)["signature"]["0.weight"] == [32, 8]
