@@ -31,27 +31,29 @@ from .data.dataset import make_loader
 from .data.render import SPECTROGRAM_HOP, log_mel_spectrogram, mel_filterbank
 from .data.text import PAD_ID, WORLD_VOCAB
 from .evaluation import EVAL_BATCH_SIZE, run_batches
+from .modality import check_tensor
 from .models import masked_mean
 
 N_FFT = 256
 N_MELS = 32
+FFN_MULT = 2    # feed-forward width / model width in the small Transformers (4 in Vaswani et al. 2017; 2 keeps them tiny)
 
 
-def check_input(x: torch.Tensor, name: str, dims: int, float_: bool | None, trailing: tuple = ()) -> None:
-    """Raise a ValueError naming ``name`` unless ``x`` has ``dims`` dims, the dtype kind and trailing sizes.
+def pre_norm_transformer(dim: int, heads: int, layers: int, dropout: float = 0.0) -> nn.TransformerEncoder:
+    """The course's Transformer: ``layers`` pre-norm encoder blocks and a final LayerNorm, (B, L, D) -> (B, L, D).
 
-    A ``str`` in ``trailing`` (e.g. ``"S"``) accepts any size and names it in the message.
+    Each block is ``x = x + Attention(LN(x)); x = x + FFN(LN(x))`` with a ReLU FFN of
+    width ``FFN_MULT * dim``; normalising before each sublayer (pre-norm, Xiong et al.
+    2020, "On Layer Normalization in the Transformer Architecture") trains stably without
+    a learning-rate warm-up, and needs the final LayerNorm (``.norm``) on the residual
+    stream. Call it as ``encoder(x, src_key_padding_mask=~mask)`` with ``mask`` (B, L) True
+    for real tokens. The text encoder, the ViT and stage 1's fusion Transformer use it.
+
+    Args:
+        dim: D; heads: attention heads (must divide D); layers: blocks; dropout: inside each block.
     """
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-    got = tuple(x.shape[-len(trailing):]) if trailing else ()
-    if x.dim() != dims or (trailing and any(not isinstance(t, str) and t != g for t, g in zip(trailing, got))):
-        want = ", ".join(["B"] + [str(t) for t in trailing] if trailing else ["B"] + ["?"] * (dims - 1))
-        raise ValueError(f"{name} must have shape ({want}), got {tuple(x.shape)}")
-    if float_ is True and not x.is_floating_point():
-        raise ValueError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
-    if float_ is False and x.dtype not in (torch.int32, torch.int64):
-        raise ValueError(f"{name} must hold integer token ids, got dtype {x.dtype}")
+    block = nn.TransformerEncoderLayer(dim, heads, FFN_MULT * dim, dropout, batch_first=True, norm_first=True)
+    return nn.TransformerEncoder(block, layers, norm=nn.LayerNorm(dim), enable_nested_tensor=False)
 
 
 class Encoder(nn.Module):
@@ -90,7 +92,7 @@ class _TextEncoder(Encoder):
         self.embedding = nn.Embedding(vocab_size, dim, padding_idx=PAD_ID)
 
     def _embed(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        check_input(ids, "text", 2, float_=False)
+        check_tensor(ids, "text", 2, float_=False)
         if self.max_len is not None and ids.shape[1] > self.max_len:
             raise ValueError(f"text has {ids.shape[1]} tokens, more than max_len={self.max_len}")
         return self.embedding(ids), ids != PAD_ID                   # (B, L, D), (B, L)
@@ -140,9 +142,7 @@ class TransformerTextEncoder(_TextEncoder):
         super().__init__(vocab_size, dim, max_len)
         self.position = nn.Parameter(torch.zeros(1, max_len, dim))
         nn.init.normal_(self.position, std=0.02)
-        layer = nn.TransformerEncoderLayer(dim, heads, 2 * dim, dropout, batch_first=True, norm_first=True)
-        self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
-        self.norm = nn.LayerNorm(dim)
+        self.encoder = pre_norm_transformer(dim, heads, layers, dropout)
         self.prompt = None   # prompt tuning (mmcourse.adapt.add_prompts) sets learnable tokens here
 
     def tokens(self, ids):
@@ -152,7 +152,7 @@ class TransformerTextEncoder(_TextEncoder):
         attend[:, 0] |= ~mask.any(1)        # a caption of padding only attends to its first slot (else NaN)
         if self.prompt is not None:         # prompts attend like tokens, then leave: outputs stay aligned with ids
             x, attend = self.prompt.prepend(x, attend)
-        h = self.norm(self.encoder(x, src_key_padding_mask=~attend))
+        h = self.encoder(x, src_key_padding_mask=~attend)
         return (self.prompt.strip(h) if self.prompt is not None else h), mask
 
 
@@ -167,7 +167,7 @@ class _ImageEncoder(Encoder):
 
     def _check_image(self, x: torch.Tensor) -> None:
         s = self.image_size
-        check_input(x, "image", 4, float_=True, trailing=(3, s, s) if s else (3, "S", "S"))
+        check_tensor(x, "image", 4, float_=True, trailing=(3, s, s) if s else (3, "S", "S"))
 
 
 class MLPImageEncoder(_ImageEncoder):
@@ -218,15 +218,13 @@ class ViTImageEncoder(_ImageEncoder):
         self.cls = nn.Parameter(torch.zeros(1, 1, dim))
         self.position = nn.Parameter(torch.zeros(1, n + 1, dim))
         nn.init.normal_(self.position, std=0.02)
-        layer = nn.TransformerEncoderLayer(dim, heads, 2 * dim, 0.0, batch_first=True, norm_first=True)
-        self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
-        self.norm = nn.LayerNorm(dim)
+        self.encoder = pre_norm_transformer(dim, heads, layers)
 
     def _encode(self, x):
         self._check_image(x)
         patches = self.patch(x).flatten(2).transpose(1, 2)            # (B, L, D)
         cls = self.cls.expand(len(x), -1, -1)
-        return self.norm(self.encoder(torch.cat([cls, patches], 1) + self.position))  # (B, 1 + L, D)
+        return self.encoder(torch.cat([cls, patches], 1) + self.position)  # (B, 1 + L, D)
 
     def tokens(self, x):
         feats = self._encode(x)[:, 1:]
@@ -273,7 +271,7 @@ class LogMel(nn.Module):
         self.register_buffer("filterbank", mel_filterbank(n_fft // 2 + 1, n_mels, sample_rate), persistent=False)
 
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
-        check_input(wave, "audio", 2, float_=True)
+        check_tensor(wave, "audio", 2, float_=True)
         if wave.shape[1] < self.n_fft:
             raise ValueError(f"audio must have at least n_fft={self.n_fft} samples, got {wave.shape[1]}")
         return log_mel_spectrogram(wave.float(), self.sample_rate, self.n_fft, self.hop,  # stft has no bf16 kernel
@@ -322,7 +320,7 @@ class MLPTabularEncoder(Encoder):
                                  nn.ReLU(), nn.Linear(hidden, dim), nn.ReLU())
 
     def forward(self, x):
-        check_input(x, "tabular", 2, float_=True, trailing=(self.in_features,))
+        check_tensor(x, "tabular", 2, float_=True, trailing=(self.in_features,))
         return self.mlp(x)
 
 

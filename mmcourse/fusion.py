@@ -3,7 +3,9 @@
 Every method is a :class:`Fusion`. It takes a dict of per-modality features
 ``{name: (B, D_m)}`` and an optional presence mask ``present`` (B, M) bool,
 whose column j refers to ``modalities[j]`` (the sorted names; ``None`` means
-everything is present), and returns one fused vector (B, out_dim).
+every given key is present), and returns one fused vector (B, out_dim). As
+everywhere in the course (:mod:`mmcourse.modality`), a modality missing for the
+whole batch is an absent key, one missing for some samples is False in the mask.
 
 A missing modality is handled *explicitly* by every method, never by a zero
 the model could mistake for a real input, and its features never reach the
@@ -42,7 +44,7 @@ from torch import nn
 
 from .data.dataset import BatchedDataset
 from .data.text import bag_of_words
-from .robustness import ModalityDropout, check_modalities, check_presence
+from .modality import ModalityDropout, check_keys, check_modalities, check_tensor, presence_of
 
 STANDARDIZE_EPS = 1e-5     # added to the variance before dividing by it (as in BatchNorm): constant columns stay finite
 MISSING_INIT_STD = 0.02    # learned "missing" / null embeddings start small and random (as BERT's embeddings)
@@ -60,16 +62,6 @@ def _positive_int(value, name: str) -> int:
 def _embedding(*shape: int) -> nn.Parameter:
     """A learned vector (or tensor) for something absent: missing modality, null token."""
     return nn.Parameter(torch.randn(*shape) * MISSING_INIT_STD)
-
-
-def check_keys(given, expected: tuple[str, ...], what: str = "features") -> None:
-    """Raise a ValueError naming the unknown and the missing keys of a modality dict."""
-    if not isinstance(given, Mapping):
-        raise TypeError(f"{what} must be a dict {{modality: tensor}}, got {type(given).__name__}")
-    unknown, missing = sorted(set(given) - set(expected)), sorted(set(expected) - set(given))
-    if unknown or missing:
-        raise ValueError(f"{what} must have exactly the keys {list(expected)}; "
-                         f"unknown: {unknown}, missing: {missing}")
 
 
 class Fusion(nn.Module):
@@ -101,31 +93,32 @@ class Fusion(nn.Module):
     def forward(self, features: Mapping[str, torch.Tensor], present: torch.Tensor | None = None) -> torch.Tensor:
         """Fuse ``features`` {name: (B, D_m)} under ``present`` (B, M) bool (None: all present) -> (B, out_dim).
 
+        A key may be absent (the modality is missing for the whole batch); ``present`` must then
+        mark it absent (its column False), and with ``present=None`` it is.
+
         Raises:
-            TypeError: if ``features`` is not a dict of floating-point tensors, or ``present`` not a bool tensor.
-            ValueError: for unknown or missing modalities, a wrong shape, or a mask that is not (B, M).
+            TypeError: if ``features`` is not a dict of tensors, or ``present`` not a bool tensor.
+            ValueError: for unknown modalities, no modality at all, a wrong shape or dtype, a mask
+                that is not (B, M), or a mask that marks an absent key present.
         """
         feats, present = self.check_inputs(features, present)
         return self.fuse(feats, present)
 
     def check_inputs(self, features, present) -> tuple[list[torch.Tensor], torch.Tensor]:
-        """Validated features as a list in ``modalities`` order, and the mask (B, M) bool on their device."""
-        check_keys(features, self.modalities)
-        for m in self.modalities:
-            x = features[m]
-            if not isinstance(x, torch.Tensor) or not x.is_floating_point():
-                kind = x.dtype if isinstance(x, torch.Tensor) else type(x).__name__
-                raise TypeError(f"features[{m!r}] must be a floating-point tensor (B, {self.in_dims[m]}), got {kind}")
-            if x.dim() != 2 or x.shape[1] != self.in_dims[m]:
-                raise ValueError(f"features[{m!r}] must be (B, {self.in_dims[m]}), got {tuple(x.shape)}")
-        sizes = {m: len(features[m]) for m in self.modalities}
-        if len(set(sizes.values())) > 1:
-            raise ValueError(f"every modality must have the same batch size B, got {sizes}")
-        feats = [features[m] for m in self.modalities]
-        b = len(feats[0])
-        if present is None:
-            return feats, torch.ones(b, len(feats), dtype=torch.bool, device=feats[0].device)
-        return feats, check_presence(present, b, self.modalities).to(feats[0].device)
+        """Validated features as a list in ``modalities`` order, and the mask (B, M) bool on their device.
+
+        An absent key (a modality missing for the whole batch, :mod:`mmcourse.modality`) gets the
+        mask column False and, in the list, a placeholder of zeros (B, D_m) so that every method
+        keeps one code path; the mask excludes it from the output (tested for every method:
+        changing an absent modality's features changes nothing).
+        """
+        given = check_keys(features, self.modalities, what="features")
+        for m in given:
+            check_tensor(features[m], f"features[{m!r}]", 2, float_=True, trailing=(self.in_dims[m],))
+        present = presence_of(features, self.modalities, present)
+        ref = features[given[0]]
+        feats = [features[m] if m in features else ref.new_zeros(len(ref), self.in_dims[m]) for m in self.modalities]
+        return feats, present
 
     def fuse(self, feats: list[torch.Tensor], present: torch.Tensor) -> torch.Tensor:
         """Fuse checked features [(B, D_m)] in modality order under ``present`` (B, M) -> (B, out_dim)."""
@@ -483,13 +476,16 @@ class BagOfWords(nn.Module):
 class FusionModel(nn.Module):
     """Encoders, a fusion and a classifier head: ``inputs`` {name: (B, ...)} -> logits (B, C).
 
+    ``inputs`` may lack modalities (absent keys: missing for the whole batch), and a
+    presence mask (B, M) may mark modalities missing for some samples.
+
     Args:
         fusion: any :class:`Fusion`; its ``modalities`` are the inputs the model expects.
         num_classes: C.
         encoders: name -> module mapping the raw input to (B, D_m); a modality without
             one is taken as ready features, flattened to (B, D_m) if it has more dims.
         modality_dropout: while training, drop each modality of each sample with this
-            probability (:class:`mmcourse.robustness.ModalityDropout`, at least one kept).
+            probability (:class:`mmcourse.modality.ModalityDropout`, at least one kept).
 
     The head is ``Linear(fusion.out_dim, C)``, or nothing when the fusion outputs logits.
     Works with :func:`mmcourse.training.fit`, which calls ``model(inputs)``.
@@ -518,17 +514,23 @@ class FusionModel(nn.Module):
         return self.fusion.modalities
 
     def features(self, inputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Each modality through its encoder: {name: (B, D_m)}."""
-        check_keys(inputs, self.modalities, "inputs")
-        return {m: self.encoders[m](inputs[m]) for m in self.modalities}
+        """Each given modality through its encoder: {name: (B, D_m)}; an absent key stays absent (not encoded)."""
+        return {m: self.encoders[m](inputs[m]) for m in check_keys(inputs, self.modalities, what="inputs")}
 
     def classify(self, features: Mapping[str, torch.Tensor], present: torch.Tensor | None = None) -> torch.Tensor:
-        """Logits (B, C) from encoded features {name: (B, D_m)}; modality dropout applies in training only."""
-        present = self.modality_dropout(features, present)
+        """Logits (B, C) from encoded features {name: (B, D_m)} (keys may be absent) and an optional mask (B, M).
+
+        Modality dropout applies in training only, and never to an absent modality.
+        """
+        present = self.modality_dropout(presence_of(features, self.modalities, present))
         return self.head(self.fusion(features, present))
 
     def forward(self, inputs: Mapping[str, torch.Tensor], present: torch.Tensor | None = None) -> torch.Tensor:
-        """Logits (B, C) from ``inputs`` {name: (B, ...)} and an optional presence mask (B, M) bool."""
+        """Logits (B, C) from ``inputs`` {name: (B, ...)} and an optional presence mask (B, M) bool.
+
+        A modality missing for the whole batch is an absent key (its encoder does not run);
+        one missing for some samples is False in ``present`` (:mod:`mmcourse.modality`).
+        """
         return self.classify(self.features(inputs), present)
 
 
@@ -571,7 +573,7 @@ class FeatureDataset(BatchedDataset):
         (product, tensor, low-rank) train best on features of order 1.
         """
         reference = self if reference is None else reference
-        check_keys(self.features, tuple(reference.features), "features")
+        check_keys(self.features, reference.features, required=reference.features, what="features")
         out = {}
         for m, x in self.features.items():
             ref = reference.features[m].float()

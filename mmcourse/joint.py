@@ -46,10 +46,9 @@ from .evaluation import EVAL_BATCH_SIZE, run_batches
 from .fusion import FusionModel, make_fusion
 from .losses import ContrastiveLoss
 from .metrics import linear_probe_accuracy
-from .robustness import presence_without
+from .modality import check_keys, presence_without
 from .utils import uniform
 
-ANNOTATIONS = "annotations"         # the batch key of AnnotatedDataset
 PAIR = ("image", "text")             # the modalities that ITC and ITM look at together
 MINING_MODES = ("sample", "hardest", "random")
 ITM_HIDDEN = 64
@@ -141,10 +140,13 @@ def identical_rows(x: torch.Tensor) -> torch.Tensor:
 
 
 class AnnotatedDataset(BatchedDataset):
-    """A :class:`~mmcourse.data.MultimodalDataset` whose batches also carry ``inputs["annotations"]`` (B, 3K).
+    """A :class:`~mmcourse.data.MultimodalDataset` whose batches carry annotations beside the modalities.
 
+    Batches are ``(inputs, labels, annotations)``: the modality dict, the labels (B,) and
+    the annotations (B, 3K) of :func:`mmcourse.data.annotate` (what each modality shows).
+    Annotations are no modality, so they never enter ``inputs`` (:mod:`mmcourse.modality`).
     With them, :class:`MultitaskLoss` never mines a caption that fits the image as a
-    negative (:func:`caption_fits`). Models ignore the extra key (:meth:`JointModel.features`).
+    negative (:func:`caption_fits`).
 
     Args:
         dataset: the scenes (its ``scenes`` and ``labels`` are kept as attributes).
@@ -158,9 +160,9 @@ class AnnotatedDataset(BatchedDataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitems__(self, indices) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    def __getitems__(self, indices) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
         inputs, labels = self.dataset.__getitems__(indices)
-        return {**inputs, ANNOTATIONS: self.annotations[torch.as_tensor(indices, dtype=torch.long)]}, labels
+        return inputs, labels, self.annotations[torch.as_tensor(indices, dtype=torch.long)]
 
 
 # ----------------------------------------------------------------------------- the model
@@ -228,25 +230,18 @@ class JointModel(FusionModel):
         self.itc = ContrastiveLoss()
         self.itm = ITMHead(embed_dim)
 
-    def features(self, inputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Each modality through its encoder: {name: (B, D_m)}; other keys of ``inputs`` are ignored."""
-        missing = [m for m in self.modalities if m not in inputs]
-        if missing:
-            raise ValueError(f"inputs lack the modalities {missing} (keys: {sorted(inputs)})")
-        return super().features({m: inputs[m] for m in self.modalities})
-
     def modality_logits(self, features: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """The logits each modality gives on its own: {name: (B, C)}, every other modality masked.
+        """The logits each given modality gives on its own: {name: (B, C)}, every other modality masked.
 
         With ``late`` fusion these are exactly the per-modality branches whose mean is
         the model's output; with other fusions they are meaningful only if the model
         was trained with modality dropout (it has then seen single modalities).
         """
-        b = len(next(iter(features.values())))
-        device = next(iter(features.values())).device
+        given = check_keys(features, self.modalities, what="features")
+        b, device = len(features[given[0]]), features[given[0]].device
         return {m: self.head(self.fusion(features, presence_without(
                     b, self.modalities, [x for x in self.modalities if x != m], device)))
-                for m in self.modalities}
+                for m in given}
 
     def embed(self, features: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """L2-normalised ITC embeddings of the images and of the captions: (B, E), (B, E)."""
@@ -298,7 +293,9 @@ def modality_scores(model: JointModel, features: Mapping[str, torch.Tensor], lab
     ``s_m = mean_i softmax(z_m(x_i))[y_i]`` with ``z_m`` the logits of modality m alone
     (:meth:`JointModel.modality_logits`): OGM-GE's per-modality score (Peng et al.
     2022 sum it over the batch; the mean gives the same ratios). No gradient flows.
+    Every modality must be given (a score per modality).
     """
+    check_keys(features, model.modalities, required=model.modalities, what="features")
     logits = model.modality_logits({m: f.detach() for m, f in features.items()})
     return torch.stack([F.softmax(logits[m].float(), dim=1).gather(1, labels[:, None]).mean()
                         for m in model.modalities])
@@ -392,7 +389,8 @@ class GradientModulation:
 class MultitaskLoss:
     """Classification + ITM with hard negatives + ITC, as a ``loss_fn(model, batch) -> dict`` for ``train``.
 
-    For a batch (inputs, labels) of B scenes:
+    For a batch ``(inputs, labels)`` or ``(inputs, labels, annotations)`` (:class:`AnnotatedDataset`)
+    of B scenes:
 
     - ``cls``: cross-entropy of the class logits (modality dropout applies);
     - ``itc``: symmetric InfoNCE of the image and caption embeddings (``model.itc``);
@@ -400,14 +398,14 @@ class MultitaskLoss:
       (label 1), each image with a mined caption and each caption with a mined image
       (label 0). Negatives come from :func:`mine_hard_negatives` on the batch's ITC
       similarities (detached). A caption that fits the image is never a negative
-      when the batch carries annotations (:class:`AnnotatedDataset`,
-      :func:`caption_fits`); without them, only captions identical to the true one
-      are excluded.
+      when the batch carries annotations (:func:`caption_fits`); without them, only
+      captions identical to the true one are excluded.
 
     ``loss = cls + itm_weight * itm + itc_weight * itc``. The dict also holds
     ``itm_accuracy`` (fraction of the 3B pairs the ITM head gets right) and, per
     modality, ``score_<m>`` (:func:`modality_scores`) and, with a ``modulation``,
     ``coeff_<m>``. A batch of one scene has no negative: ITC and ITM are then skipped.
+    Every modality must be in ``inputs`` (the per-modality scores need them all).
 
     Args:
         itm_weight, itc_weight: weights of the two image-text losses (0 switches one off).
@@ -427,7 +425,7 @@ class MultitaskLoss:
         self.modulation, self.generator = modulation, generator
 
     def __call__(self, model: JointModel, batch) -> dict[str, torch.Tensor]:
-        inputs, labels = batch
+        inputs, labels, *annotations = batch
         features = model.features(inputs)
         scores = modality_scores(model, features, labels)
         out = {f"score_{m}": s for m, s in zip(model.modalities, scores)}
@@ -438,8 +436,7 @@ class MultitaskLoss:
         if len(labels) >= 2 and (self.itc_weight > 0 or self.itm_weight > 0):
             image, text = model.embed(features)                                           # (B, E) each
             out["itc"] = model.itc(image, text)
-            exclude = (caption_fits(inputs[ANNOTATIONS]) if ANNOTATIONS in inputs
-                       else identical_rows(inputs["text"]))
+            exclude = caption_fits(annotations[0]) if annotations else identical_rows(inputs["text"])
             out["itm"], out["itm_accuracy"] = self.matching(model, image, text, exclude)
             loss = loss + self.itc_weight * out["itc"] + self.itm_weight * out["itm"]
         out["loss"] = loss
@@ -480,10 +477,10 @@ def embed_pairs(model: JointModel, dataset, device, batch_size: int = EVAL_BATCH
         image (N, E), text (N, E) (unit length, float32) and annotations (N, 3K), on ``device``.
     """
     def embed(model: JointModel, batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        inputs = batch[0]
-        if ANNOTATIONS not in inputs:
-            raise ValueError(f"the dataset's batches have no {ANNOTATIONS!r} entry: wrap it in AnnotatedDataset")
-        return *model.embed(model.features(inputs)), inputs[ANNOTATIONS]
+        if len(batch) != 3:
+            raise ValueError("the dataset's batches carry no annotations: wrap it in AnnotatedDataset")
+        inputs, _, annotations = batch
+        return *model.embed(model.features(inputs)), annotations
 
     return tuple(t.to(device) for t in run_batches(model, embed, dataset, device, batch_size))
 

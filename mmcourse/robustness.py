@@ -1,13 +1,11 @@
-"""Robustness: missing and noisy modalities, modality dropout, and how to measure them.
+"""Robustness: missing and noisy modalities, and how to measure them.
 
-A *presence mask* ``present`` (B, M) bool says which modality each sample has:
-column j refers to ``modalities[j]``, and ``modalities`` is always sorted (the
-order of :attr:`mmcourse.fusion.Fusion.modalities`). Every function that takes
-modality names checks that they are sorted, so a mask cannot silently refer to
-the wrong columns.
+Missing modalities follow :mod:`mmcourse.modality`: an absent key, or a presence
+mask ``present`` (B, M) bool whose column j refers to ``modalities[j]`` (sorted,
+the order of :attr:`mmcourse.fusion.Fusion.modalities`); the masks themselves
+(:func:`~mmcourse.modality.sample_presence`, :func:`~mmcourse.modality.presence_without`,
+:class:`~mmcourse.modality.ModalityDropout`) live there.
 
-- :func:`sample_presence`, :func:`presence_without` and :class:`ModalityDropout`
-  make masks (random, fixed, and random only while training);
 - :func:`corrupt` and :func:`corrupt_inputs` make a modality *noisy* instead of
   absent: a fraction of its rows is replaced by the same modality of another
   sample of the batch, so the noise has exactly the statistics of real inputs;
@@ -29,180 +27,13 @@ import torch
 from torch import nn
 
 from .data.bayes import all_subsets
+from .modality import check_keys, check_modalities, check_rate, check_rates, presence_without, sample_presence
 from .evaluation import run_batches
 from .training import accuracy_on
 from .utils import uniform
 
 PresenceFn = Callable[[int, torch.device], torch.Tensor]  # (batch_size, device) -> (B, M) bool
 CorruptFn = Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]]
-
-
-# --- checks shared with mmcourse.fusion ---
-
-def check_modalities(modalities) -> tuple[str, ...]:
-    """Validate modality names (a non-empty, sorted collection of distinct str) and return them as a tuple.
-
-    Raises:
-        TypeError: if ``modalities`` is a single str or holds a non-str.
-        ValueError: if it is empty, has duplicates or is not sorted.
-    """
-    if isinstance(modalities, str):
-        raise TypeError(f"modalities must be a collection of names, got a single str {modalities!r}; "
-                        f"write ({modalities!r},)")
-    mods = tuple(modalities)
-    if not mods:
-        raise ValueError("modalities must name at least one modality, got none")
-    if not all(isinstance(m, str) for m in mods):
-        raise TypeError(f"modality names must be str, got {mods!r}")
-    if len(set(mods)) != len(mods) or list(mods) != sorted(mods):
-        raise ValueError(f"modalities must be distinct and sorted (they name the columns of a presence mask), "
-                         f"got {mods!r}; use {tuple(sorted(set(mods)))!r}")
-    return mods
-
-
-def check_presence(present, batch_size: int, modalities: Sequence[str]) -> torch.Tensor:
-    """Validate a presence mask: a bool tensor (B, M) with column j for ``modalities[j]``.
-
-    Raises:
-        TypeError: if ``present`` is not a bool tensor.
-        ValueError: if its shape is not (batch_size, len(modalities)).
-    """
-    if not isinstance(present, torch.Tensor) or present.dtype != torch.bool:
-        kind = present.dtype if isinstance(present, torch.Tensor) else type(present).__name__
-        raise TypeError(f"present must be a bool tensor (B, M), got {kind}")
-    expected = (batch_size, len(modalities))
-    if tuple(present.shape) != expected:
-        raise ValueError(f"present must be (B, M) = {expected}, one column per modality {tuple(modalities)}, "
-                         f"got {tuple(present.shape)}")
-    return present
-
-
-def check_rate(rate, name: str = "rate") -> float:
-    """Validate a probability: a real number in [0, 1]."""
-    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0.0 <= rate <= 1.0:
-        raise ValueError(f"{name} must be a number in [0, 1], got {rate!r}")
-    return float(rate)
-
-
-def _check_batch_size(batch_size) -> int:
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 0:
-        raise ValueError(f"batch_size must be a non-negative int, got {batch_size!r}")
-    return batch_size
-
-
-# --- presence masks ---
-
-def ensure_one_present(present: torch.Tensor, allowed: torch.Tensor,
-                       generator: torch.Generator | None = None) -> torch.Tensor:
-    """Re-enable one modality, chosen uniformly among ``allowed``, in every row of ``present`` that has none.
-
-    Args:
-        present: (B, M) bool mask.
-        allowed: (B, M) bool, which modalities may be re-enabled (rows with none stay empty).
-        generator: optional CPU generator; (B, M) numbers are drawn whether or not a row needs them.
-
-    Returns:
-        (B, M) bool, ``present`` with at most one extra True per empty row.
-    """
-    scores = uniform(tuple(present.shape), generator, present.device).masked_fill(~allowed, -1.0)
-    pick = nn.functional.one_hot(scores.argmax(1), present.shape[1]).bool() & allowed  # (B, M)
-    return present | (pick & ~present.any(1, keepdim=True))
-
-
-def _rates(missing_rate, modalities: tuple[str, ...]) -> torch.Tensor:
-    """Per-modality missing rates (M,) from a float or a dict name -> rate (unnamed modalities: 0)."""
-    if isinstance(missing_rate, Mapping):
-        unknown = sorted(set(missing_rate) - set(modalities))
-        if unknown:
-            raise ValueError(f"missing_rate names unknown modalities {unknown}; valid: {list(modalities)}")
-        return torch.tensor([check_rate(missing_rate.get(m, 0.0), f"missing_rate[{m!r}]") for m in modalities])
-    return torch.full((len(modalities),), check_rate(missing_rate, "missing_rate"))
-
-
-def sample_presence(batch_size: int, modalities: Sequence[str], missing_rate, generator: torch.Generator | None = None,
-                    device=None, keep_one: bool = True) -> torch.Tensor:
-    """A random presence mask: each modality absent independently with probability ``missing_rate``.
-
-    With ``keep_one`` (the default), a row left with no modality gets one back,
-    chosen uniformly, so modality m is then absent with probability
-    ``r_m - prod(r) / M`` (e.g. 0.5 - 0.125 / 3 = 0.458 for r = 0.5, M = 3).
-
-    Args:
-        batch_size: B.
-        modalities: the sorted modality names (the mask's columns).
-        missing_rate: a float in [0, 1] for every modality, or a dict name -> rate
-            (modalities it does not name are never dropped).
-        generator: optional CPU generator; the same seed gives the same mask on any device.
-        device: where the mask is returned.
-        keep_one: guarantee at least one present modality per row.
-
-    Returns:
-        (B, M) bool.
-    """
-    mods = check_modalities(modalities)
-    rates = _rates(missing_rate, mods)
-    draws = uniform((_check_batch_size(batch_size), len(mods)), generator, device)
-    present = draws >= rates.to(draws.device)                    # absent with probability rate
-    if not keep_one:
-        return present
-    return ensure_one_present(present, torch.ones_like(present), generator)
-
-
-def presence_without(batch_size: int, modalities: Sequence[str], missing, device=None) -> torch.Tensor:
-    """A fixed presence mask (B, M) bool: every row lacks the modalities named in ``missing``.
-
-    Raises:
-        TypeError: if ``missing`` is a single str (write ``("audio",)``).
-        ValueError: if ``missing`` names a modality not in ``modalities``.
-    """
-    mods = check_modalities(modalities)
-    if isinstance(missing, str):
-        raise TypeError(f"missing must be a collection of names, got a single str {missing!r}; write ({missing!r},)")
-    missing = set(missing)
-    unknown = sorted(missing - set(mods))
-    if unknown:
-        raise ValueError(f"missing names unknown modalities {unknown}; valid: {list(mods)}")
-    row = torch.tensor([m not in missing for m in mods], device=device)
-    return row.expand(_check_batch_size(batch_size), -1).clone()
-
-
-class ModalityDropout(nn.Module):
-    """Drop whole modalities at random while training (Neverova et al. 2016, "ModDrop").
-
-    In training mode each present modality of each sample is dropped with
-    probability ``p`` (at least one present modality is kept per sample when
-    ``keep_one``); in eval mode, or with ``p == 0``, the given mask is returned
-    unchanged (``None`` stays ``None``: everything present).
-
-    Args:
-        p: drop probability in [0, 1].
-        keep_one: never drop the last present modality of a sample.
-        generator: optional CPU generator (default: torch's global one, seeded by ``seed_everything``).
-    """
-
-    def __init__(self, p: float = 0.0, keep_one: bool = True, generator: torch.Generator | None = None):
-        super().__init__()
-        self.p = check_rate(p, "p")
-        self.keep_one = keep_one
-        self.generator = generator
-
-    def forward(self, features: Mapping[str, torch.Tensor], present: torch.Tensor | None = None):
-        """Presence mask for a batch ``features`` {name: (B, ...)} (sorted names are the columns).
-
-        Returns:
-            (B, M) bool in training with p > 0; else ``present`` unchanged.
-        """
-        if not self.training or self.p == 0.0:
-            return present
-        mods = tuple(sorted(features))
-        first = features[mods[0]]
-        drawn = sample_presence(len(first), mods, self.p, self.generator, first.device, keep_one=False)
-        base = torch.ones_like(drawn) if present is None else check_presence(present, len(first), mods)
-        kept = base.to(drawn.device) & drawn
-        return ensure_one_present(kept, base, self.generator) if self.keep_one else kept
-
-    def extra_repr(self) -> str:
-        return f"p={self.p}, keep_one={self.keep_one}"
 
 
 # --- noise ---
@@ -249,10 +80,8 @@ def corrupt_inputs(inputs: Mapping[str, torch.Tensor], rate: float, modalities: 
     Returns:
         a new dict with the same keys; the other modalities are passed through.
     """
-    names = sorted(inputs) if modalities is None else check_modalities(modalities)
-    unknown = sorted(set(names) - set(inputs))
-    if unknown:
-        raise ValueError(f"modalities {unknown} are not in the inputs {sorted(inputs)}")
+    names = check_keys(inputs, None) if modalities is None else check_modalities(modalities)
+    check_keys(inputs, None, required=names, what="inputs (the modalities to corrupt)")
     return {m: corrupt(x, rate, generator) if m in names else x for m, x in inputs.items()}
 
 
@@ -366,7 +195,7 @@ def missing_rate_curve(model: nn.Module, loader, rates: Sequence, device, seed: 
     """
     mods = _modalities_of(model, modalities)
     for r in rates:
-        _rates(r, mods)  # check every rate before the first evaluation
+        check_rates(r, mods)  # check every rate before the first evaluation
     return [evaluate(model, loader, device, present_fn=functools.partial(
                 _masked_at, r, mods, torch.Generator().manual_seed(seed)))
             for r in rates]

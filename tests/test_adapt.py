@@ -1,4 +1,4 @@
-"""Stage 3: LoRA, adapters, prompt tuning, the methods, the downstream task's data."""
+"""Stage 3: adapters, prompt tuning, the methods, the downstream task's data."""
 import copy
 
 import numpy as np
@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from mmcourse.adapt import (Adapted, Adapter, LoRA, PromptTuning, add_adapters, add_lora, add_prompts,
+from mmcourse.adapt import (Adapted, Adapter, PromptTuning, add_adapters, add_lora, add_prompts,
                             downstream_data, downstream_world, few_shot, last_layers, lora_parameters,
                             make_downstream_model, merge_lora, prepare)
 from mmcourse.config import METHODS, stage3_config

@@ -11,8 +11,9 @@ from torch import nn
 
 from mmcourse.data.render import log_mel_spectrogram
 from mmcourse.data.text import PAD_ID, WORLD_VOCAB
-from mmcourse.encoders import (ENCODERS, N_MELS, ConvTextEncoder, LogMel, MLPImageEncoder, TransformerTextEncoder,
-                               UnimodalClassifier, ViTImageEncoder, encode, make_encoder, spectral_summary)
+from mmcourse.encoders import (ENCODERS, FFN_MULT, N_MELS, ConvTextEncoder, LogMel, MLPImageEncoder,
+                               TransformerTextEncoder, UnimodalClassifier, ViTImageEncoder, encode, make_encoder,
+                               pre_norm_transformer, spectral_summary)
 from mmcourse.models import count_flops, count_parameters, masked_mean, measure_latency
 from mmcourse.training import train_epoch
 
@@ -267,6 +268,36 @@ def test_constructor_arguments_are_checked():
 
 
 # ----------------------------------------------------------------------------- cost
+
+def _pre_norm_by_hand(model: nn.TransformerEncoder, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """x = x + Attention(LN(x)); x = x + FFN(LN(x)) per block, then the final LayerNorm: (B, L, D) -> (B, L, D)."""
+    for block in model.layers:
+        h = block.norm1(x)
+        x = x + block.self_attn(h, h, h, key_padding_mask=~keep, need_weights=False)[0]
+        x = x + block.linear2(torch.relu(block.linear1(block.norm2(x))))
+    return model.norm(x)
+
+
+def test_pre_norm_transformer_equals_its_definition():
+    torch.manual_seed(0)
+    model = pre_norm_transformer(dim=8, heads=2, layers=2).eval()
+    assert model.layers[0].linear1.out_features == FFN_MULT * 8 and model.layers[0].norm_first
+    x = torch.randn(3, 5, 8)
+    keep = torch.tensor([[True] * 5, [True, True, True, False, False], [True] + [False] * 4])   # (B, L) real tokens
+    out = model(x, src_key_padding_mask=~keep)
+    torch.testing.assert_close(out, _pre_norm_by_hand(model, x, keep), atol=1e-5, rtol=1e-5)
+
+
+def test_the_three_transformers_share_the_one_block():
+    from mmcourse.pretrain import MaskedCaptionModel
+    text, vit = TransformerTextEncoder(dim=16, heads=2, layers=1), ViTImageEncoder(dim=16, heads=2, layers=1)
+    mlm = MaskedCaptionModel({"image": ViTImageEncoder(dim=16, heads=2, layers=1), "text": text}, dim=16, heads=2,
+                             layers=1)
+    reference = pre_norm_transformer(16, 2, 1)
+    for model in (text.encoder, vit.encoder, mlm.fusion):
+        assert {n: p.shape for n, p in model.named_parameters()} == \
+               {n: p.shape for n, p in reference.named_parameters()}
+
 
 def test_count_flops_of_a_linear_layer():
     assert count_flops(nn.Linear(4, 3), torch.zeros(2, 4)) == 2 * 2 * 4 * 3   # batch 2, a multiply-add is 2

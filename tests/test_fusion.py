@@ -99,6 +99,35 @@ def test_a_masked_modality_cannot_change_the_output(name, masked):
 
 
 @pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("absent", MODS)
+def test_an_absent_key_is_a_modality_masked_for_every_sample(name, absent):
+    fusion, feats = _fusion(name), _features(len(MIXED))
+    without = {m: x for m, x in feats.items() if m != absent}
+    masked = torch.ones(len(MIXED), 3, dtype=torch.bool)
+    masked[:, MODS.index(absent)] = False
+    torch.testing.assert_close(fusion(without), fusion(feats, masked), rtol=0, atol=0)
+    # With a mask for the samples too: the absent key's column must say absent.
+    present = MIXED.clone()
+    present[:, MODS.index(absent)] = False
+    torch.testing.assert_close(fusion(without, present), fusion(feats, present), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_gradients_stay_finite_with_an_absent_key(name):
+    fusion = _fusion(name)
+    feats = {m: x.requires_grad_(True) for m, x in _features(4).items() if m != "image"}
+    fusion(feats).sum().backward()
+    grads = [p.grad for p in fusion.parameters() if p.grad is not None] + [x.grad for x in feats.values()]
+    assert grads and all(torch.isfinite(g).all() for g in grads)
+
+
+def test_a_mask_that_marks_an_absent_key_present_is_rejected():
+    feats = {m: x for m, x in _features(2).items() if m != "text"}
+    with pytest.raises(ValueError, match=re.escape("present marks ['text'] present for some samples, but inputs")):
+        _fusion("sum")(feats, torch.ones(2, 3, dtype=torch.bool))
+
+
+@pytest.mark.parametrize("name", NAMES)
 def test_all_present_mask_equals_none(name):
     fusion, feats = _fusion(name), _features(6)
     torch.testing.assert_close(fusion(feats, torch.ones(6, 3, dtype=torch.bool)), fusion(feats), rtol=0, atol=0)
@@ -220,7 +249,7 @@ def test_film_with_the_base_missing_uses_its_learned_embedding():
 def test_unknown_and_missing_keys_are_named():
     feats = _features(2)
     feats["video"] = feats.pop("text")
-    message = "features must have exactly the keys ['audio', 'image', 'text']; unknown: ['video'], missing: ['text']"
+    message = "features has unknown keys ['video'] (got ['audio', 'image', 'video']; valid keys: ['audio', 'image', 'text'])"
     with pytest.raises(ValueError, match=re.escape(message)):
         _fusion("concat")(feats)
 
@@ -229,7 +258,7 @@ def test_unknown_and_missing_keys_are_named():
 def test_a_wrong_shape_names_the_modality_and_the_shape(shape):
     feats = _features(2)
     feats["image"] = torch.zeros(shape)
-    with pytest.raises(ValueError, match=re.escape(f"features['image'] must be (B, 7), got {shape}")):
+    with pytest.raises(ValueError, match=re.escape(f"features['image'] must have shape (B, 7), got {shape}")):
         _fusion("sum")(feats)
 
 
@@ -239,7 +268,7 @@ def test_unequal_batch_sizes_and_integer_features_are_rejected():
     with pytest.raises(ValueError, match=re.escape("same batch size B, got {'audio': 2, 'image': 2, 'text': 3}")):
         _fusion("sum")(feats)
     feats["text"] = torch.zeros(2, 3, dtype=torch.long)
-    with pytest.raises(TypeError, match=re.escape("features['text'] must be a floating-point tensor (B, 3)")):
+    with pytest.raises(ValueError, match=re.escape("features['text'] must be a floating-point tensor, got dtype torch.int64")):
         _fusion("sum")(feats)
     with pytest.raises(TypeError, match="features must be a dict"):
         _fusion("sum")(list(feats.values()))
@@ -312,6 +341,39 @@ def test_fusion_model_runs_encoders_and_flattens_the_rest():
     torch.testing.assert_close(model(inputs, present), fusion(model.features(inputs), present))
 
 
+class _MustNotRun(nn.Module):
+    """An encoder that fails if it is called: proves that an absent modality is not encoded."""
+
+    def forward(self, x):
+        raise AssertionError("the encoder of an absent modality ran")
+
+
+def test_fusion_model_skips_the_encoder_of_an_absent_modality():
+    torch.manual_seed(0)
+    fusion = make_fusion("concat", {"image": 12, "text": 5}, 8, 3)
+    model = FusionModel(fusion, 3, encoders={"text": _MustNotRun()}).eval()
+    image = torch.rand(4, 3, 2, 2)
+    assert model.features({"image": image}).keys() == {"image"}
+    logits = model({"image": image})
+    masked = torch.tensor([[True, False]] * 4)
+    torch.testing.assert_close(logits, model.head(fusion({"image": image.flatten(1), "text": torch.randn(4, 5)},
+                                                         masked)), rtol=0, atol=0)
+    present = torch.tensor([[True, False], [False, False], [True, False], [True, False]])
+    assert model({"image": image}, present).shape == (4, 3)
+    with pytest.raises(ValueError, match=re.escape("present marks ['text'] present")):
+        model({"image": image}, torch.ones(4, 2, dtype=torch.bool))
+
+
+def test_fusion_model_with_dropout_never_brings_an_absent_modality_back():
+    torch.manual_seed(0)
+    fusion = make_fusion("sum", {"a": 2, "b": 2}, 8, 3)
+    model = FusionModel(fusion, 3, modality_dropout=0.9).train()
+    a = torch.randn(64, 2)
+    only_a = model.head(fusion({"a": a}, torch.tensor([[True, False]] * 64)))
+    # With "b" absent, keep_one keeps "a" in every row, so dropout changes nothing.
+    torch.testing.assert_close(model({"a": a}), only_a, rtol=0, atol=0)
+
+
 def test_fusion_model_errors():
     with pytest.raises(ValueError, match=re.escape("encoders for unknown modalities ['video']")):
         FusionModel(_fusion("sum"), CLASSES, encoders={"video": nn.Identity()})
@@ -319,8 +381,10 @@ def test_fusion_model_errors():
         FusionModel(_fusion("late"), 5)
     with pytest.raises(ValueError, match=re.escape("p must be a number in [0, 1], got 1.5")):
         FusionModel(_fusion("sum"), CLASSES, modality_dropout=1.5)
-    with pytest.raises(ValueError, match=re.escape("inputs must have exactly the keys ['audio', 'image', 'text']")):
-        FusionModel(_fusion("sum"), CLASSES)({"audio": torch.zeros(1, 5)})
+    with pytest.raises(ValueError, match=re.escape("inputs has unknown keys ['annotations'] (got ['annotations', 'audio']")):
+        FusionModel(_fusion("sum"), CLASSES)({"audio": torch.zeros(1, 5), "annotations": torch.zeros(1, 15)})
+    with pytest.raises(ValueError, match=re.escape("inputs hold no modality (keys: [])")):
+        FusionModel(_fusion("sum"), CLASSES)({})
 
 
 def test_bag_of_words_counts_tokens_but_not_padding():
@@ -356,7 +420,7 @@ def test_standardize_uses_the_reference_statistics():
     assert torch.equal(z_dev.labels, dev.labels) and torch.isfinite(
         FeatureDataset({"a": torch.ones(3, 2)}, torch.zeros(3, dtype=torch.long)).standardize().features["a"]).all()
     other = FeatureDataset({"b": torch.ones(3, 4), "c": torch.ones(3, 1)}, torch.zeros(3, dtype=torch.long))
-    with pytest.raises(ValueError, match=re.escape("unknown: ['c'], missing: ['a']")):
+    with pytest.raises(ValueError, match=re.escape("features has unknown keys ['c'] and lacks the required keys ['a']")):
         other.standardize(train)
 
 

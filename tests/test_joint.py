@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import math
+import re
 
 import numpy as np
 import pytest
@@ -21,6 +22,7 @@ from mmcourse.joint import (MINING_MODES, AnnotatedDataset, GradientModulation, 
                             mine_hard_negatives, modality_probes,
                             modality_scores, ogm_coefficients)
 from mmcourse.metrics import linear_probe_accuracy
+from mmcourse.modality import presence_without
 from mmcourse.robustness import missing_modality_table
 from mmcourse.training import TrainConfig, train
 
@@ -271,14 +273,14 @@ def test_annotated_batches_never_mine_a_fitting_caption(world, small_dataset, mo
 
     monkeypatch.setattr(joint, "mine_hard_negatives", spy)
     data = AnnotatedDataset(small_dataset, world)
-    inputs, labels = next(iter(make_loader(data, 64, shuffle=True)))
-    assert inputs["annotations"].shape == (64, 15)
+    inputs, labels, annotations = next(iter(make_loader(data, 64, shuffle=True)))
+    assert annotations.shape == (64, 15) and sorted(inputs) == ["audio", "image", "text"]   # beside, not inside
     model = _model().eval()
-    assert model(inputs).shape == (64, CLASSES)                 # the extra key is ignored
+    assert model(inputs).shape == (64, CLASSES)
     for mining in MINING_MODES:
         calls.clear()
-        MultitaskLoss(mining=mining)(model, (inputs, labels))
-        fits = caption_fits(inputs["annotations"])              # row = image, column = caption
+        MultitaskLoss(mining=mining)(model, (inputs, labels, annotations))
+        fits = caption_fits(annotations)                        # row = image, column = caption
         (to_text, neg_text), (to_image, neg_image) = calls
         assert torch.equal(to_text, fits) and torch.equal(to_image, fits.T)
         rows = torch.arange(64)
@@ -294,6 +296,33 @@ def test_a_batch_of_one_skips_the_pair_losses(batch):
     out = MultitaskLoss()(model, one)
     assert "itm" not in out and "itc" not in out
     torch.testing.assert_close(out["loss"], out["cls"])
+
+
+def test_batches_without_annotations_exclude_only_identical_captions(batch, monkeypatch):
+    calls = []
+    real = joint.mine_hard_negatives
+    monkeypatch.setattr(joint, "mine_hard_negatives",
+                        lambda similarity, mode, generator, exclude: calls.append(exclude) or real(
+                            similarity, mode, generator, exclude))
+    MultitaskLoss()(_model().eval(), batch)
+    assert torch.equal(calls[0], identical_rows(batch[0]["text"]))
+
+
+def test_annotations_inside_the_modality_dict_are_rejected(batch):
+    inputs = {**batch[0], "annotations": torch.zeros(len(batch[1]), 15)}
+    with pytest.raises(ValueError, match=re.escape("inputs has unknown keys ['annotations']")):
+        _model()(inputs)
+
+
+def test_an_absent_modality_is_not_encoded_and_has_no_logits(batch):
+    model = _model().eval()
+    inputs = {m: x for m, x in batch[0].items() if m != "audio"}
+    features = model.features(inputs)
+    assert sorted(features) == ["image", "text"] and sorted(model.modality_logits(features)) == ["image", "text"]
+    masked = presence_without(len(batch[1]), model.modalities, ("audio",))
+    torch.testing.assert_close(model(inputs), model(batch[0], masked), rtol=0, atol=0)
+    with pytest.raises(ValueError, match=re.escape("features lacks the required keys ['audio']")):
+        modality_scores(model, features, batch[1])
 
 
 def test_loss_errors():

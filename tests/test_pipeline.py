@@ -1,4 +1,4 @@
-"""The three-stage pipeline: configuration, interruption and exact resume, costs, predict() on raw inputs."""
+"""The three-stage pipeline: configuration, interruption and exact resume, costs, and the input spec of its models."""
 from __future__ import annotations
 
 import json
@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from mmcourse.config import pipeline_config
-from mmcourse.data import Tokenizer
-from mmcourse.pipeline import (MODALITIES, STAGES, InputSpec, PipelineInterrupted, Prediction, StageStats,
-                               _samples_between, pipeline_data, predict, run_pipeline, stage_checkpoint, stats_table)
+from mmcourse.inference import InputSpec, predict
+from mmcourse.pipeline import (STAGES, PipelineInterrupted, StageStats, _samples_between, pipeline_data, run_pipeline,
+                               stage_checkpoint, stats_table)
 from mmcourse.training import read_checkpoint
 from mmcourse.utils import build_dir
 
@@ -145,86 +145,16 @@ def test_bad_stops_are_rejected(tiny, tmp_path, stop_after, message):
         run_pipeline(config, "cpu", data=data, root=tmp_path, stop_after=stop_after, until=until, progress=False)
 
 
-# ----------------------------------------------------------------------------- predict() on raw inputs
+# ----------------------------------------------------------------------------- what inference needs
 
-@pytest.fixture(scope="module")
-def raw(tiny):
-    """Six downstream test scenes as raw inputs: caption strings, uint8 HWC pixels, waveforms."""
-    _, data = tiny
-    test = data["downstream"]["test"]
-    from mmcourse.data import WORLD_VOCAB
-    return {"captions": WORLD_VOCAB.decode(test.text[:6].numpy()), "images": test.images[:6].permute(0, 2, 3, 1).numpy(),
-            "audio": test.audio[:6].numpy()}
-
-
-def test_predict_classifies_raw_inputs_like_the_model_on_a_batch(reference, tiny, raw):
-    model, data = reference.models["adapt"], tiny[1]
-    out = predict(model, **raw)
-    assert isinstance(out, Prediction) and out.probs.shape == (6, 8) and out.present.all()
-    torch.testing.assert_close(out.probs.sum(1), torch.ones(6))
-    assert out.labels == [out.class_names[i] for i in out.probs.argmax(1)]
-    assert out.class_names == data["downstream"]["test"].class_names
-    inputs, _ = data["downstream"]["test"].__getitems__(list(range(6)))
-    with torch.no_grad():
-        expected = torch.softmax(model.eval()(inputs), 1)
-    torch.testing.assert_close(out.probs, expected)                                    # tokenizer round trip too
-    floats = predict(model, captions=raw["captions"], images=inputs["image"], audio=torch.from_numpy(raw["audio"]),
-                     batch_size=4)
-    torch.testing.assert_close(floats.probs, out.probs)                                # float CHW = uint8 HWC / 255
-    assert model.training is False
-
-
-def test_a_missing_modality_is_masked_not_zero_filled(reference, raw):
-    model = reference.models["adapt"]
-    out = predict(model, images=raw["images"], captions=[raw["captions"][0], None, *raw["captions"][2:]])
-    assert out.present[:, MODALITIES.index("audio")].sum() == 0
-    assert out.present[:, MODALITIES.index("text")].tolist() == [True, False, True, True, True, True]
-    # The masked modalities' placeholder values never reach the output: any other values give the same logits.
-    images = torch.from_numpy(raw["images"]).permute(0, 3, 1, 2).float() / 255
-    captions = [raw["captions"][0], "a large rubber thing", *raw["captions"][2:]]       # sample 1's caption is masked
-    ids = torch.from_numpy(Tokenizer().encode(captions)[0])
-    with torch.no_grad():
-        other = model({"image": images, "audio": torch.randn(6, 1024), "text": ids}, out.present)
-    torch.testing.assert_close(out.probs, torch.softmax(other, 1))
-    only_audio = predict(model, audio=raw["audio"])
-    assert only_audio.present.tolist() == [[True, False, False]] * 6
-
-
-@pytest.mark.parametrize("kwargs, error, message", [
-    ({}, ValueError, r"needs at least one of captions=, images=, audio= \(got none\)"),
-    ({"captions": "a small metal thing"}, TypeError, "captions must be a list of str, got a single str"),
-    ({"captions": ["a thing", 3]}, TypeError, r"captions\[1\] must be a str \(or None: missing\), got int"),
-    ({"captions": ["a thing", "  "]}, ValueError, r"captions\[1\] is empty"),
-    ({"captions": [None, None]}, ValueError, "sample 0 has no modality at all"),
-    ({"captions": []}, ValueError, r"empty batch: the inputs hold no sample \(N = 0\)"),
-    ({"images": np.zeros((0, 3, 16, 16), np.float32)}, ValueError, r"empty batch"),
-    ({"images": [[0.0]]}, TypeError, "images must be a numpy array or a torch tensor, got list"),
-    ({"images": np.zeros((3, 16, 16), np.float32)}, ValueError, r"got one image of shape \(3, 16, 16\).*images\[None\]"),
-    ({"images": np.zeros((2, 1, 16, 16), np.float32)}, ValueError, r"images must be float \(N, 3, 16, 16\).*\(2, 1, 16, 16\)"),
-    ({"images": np.zeros((2, 3, 32, 32), np.float32)}, ValueError, r"got float of shape \(2, 3, 32, 32\)"),
-    ({"images": np.zeros((2, 16, 16, 3), np.float32)}, ValueError, r"channels first"),
-    ({"images": np.zeros((2, 3, 16, 16), np.int64)}, TypeError, "images must be .* got dtype torch.int64"),
-    ({"images": np.full((2, 3, 16, 16), 2.0, np.float32)}, ValueError, r"float images must be in \[0, 1\], got values in \[2, 2\]"),
-    ({"images": np.full((2, 3, 16, 16), np.nan, np.float32)}, ValueError, r"images holds NaN or infinite values \(first in sample 0\)"),
-    ({"audio": np.zeros((2, 1024), np.int16)}, TypeError, r"audio must be float waveforms .* dtype torch.int16 \(16-bit PCM"),
-    ({"audio": np.zeros((2, 500), np.float32)}, ValueError, r"audio must be float waveforms \(N, 1024\) at 8000 Hz, got shape \(2, 500\)"),
-    ({"audio": np.zeros(1024, np.float32)}, ValueError, r"got one waveform of shape \(1024,\)"),
-    ({"audio": np.array([[0.0] * 1023 + [np.inf]] * 2, np.float32)}, ValueError, r"audio holds NaN or infinite values"),
-    ({"audio": np.zeros((2, 1024), np.float32), "captions": ["a thing"] * 3}, ValueError,
-     r"same number of samples N, got audio: 2, captions: 3"),
-    ({"audio": np.zeros((2, 1024), np.float32), "batch_size": 0}, ValueError, "batch_size must be a positive int"),
-])
-def test_predict_rejects_malformed_inputs_clearly(reference, kwargs, error, message):
-    with pytest.raises(error, match=message):
-        predict(reference.models["adapt"], **kwargs)
-
-
-def test_predict_needs_to_know_the_inputs(reference):
-    model = reference.models["adapt"]
-    with pytest.raises(ValueError, match="pass spec=InputSpec"):
-        predict(torch.nn.Linear(2, 2), captions=["a thing"])
-    spec = InputSpec(model.input_spec.class_names, 16, 1024, 8000)
-    assert predict(model, captions=["a large rubber thing"], spec=spec).probs.shape == (1, 8)
+def test_pipeline_models_carry_the_input_spec_that_predict_reads(reference, tiny):
+    """predict() itself is tested in test_inference.py; here: the pipeline gives its models what it needs."""
+    test = tiny[1]["downstream"]["test"]
+    spec = reference.models["adapt"].input_spec
+    assert spec == InputSpec(test.class_names, 16, test.audio.shape[1], 8000)
+    assert reference.models["joint"].input_spec.class_names == tiny[1]["main"]["test"].class_names
+    out = predict(reference.models["adapt"], audio=test.audio[:3].numpy(), images=test.images[:3])
+    assert out.probs.shape == (3, len(test.class_names)) and out.class_names == test.class_names
 
 
 def test_stage_stats_throughput_is_samples_per_training_second():

@@ -259,7 +259,7 @@ def test_grounded_tagger_errors(tiny):
 
 def test_frozen_image_encoder_stays_in_eval_and_untrained():
     image = CNNImageEncoder(dim=8)
-    model = GroundedTagger(ConvTextEncoder(dim=8), image).train()
+    GroundedTagger(ConvTextEncoder(dim=8), image).train()
     assert not image.training and not any(p.requires_grad for p in image.parameters())
     unfrozen = GroundedTagger(ConvTextEncoder(dim=8), CNNImageEncoder(dim=8), freeze_image=False).train()
     assert unfrozen.image_encoder.training and all(p.requires_grad for p in unfrozen.image_encoder.parameters())

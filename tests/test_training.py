@@ -79,11 +79,9 @@ def test_steps_to_reach():
 # ----------------------------------------------------------------------------- the general loop: train()
 
 import math  # noqa: E402
-import os  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import textwrap  # noqa: E402
-from pathlib import Path  # noqa: E402
 
 from torch import nn  # noqa: E402
 

@@ -140,8 +140,8 @@ def make_splits(world: World, split: Split, seed: int) -> dict[str, MultimodalDa
 
 def collate(batch):
     """Collate for ``DataLoader``: passes a ready batch through, stacks a list of samples."""
-    if isinstance(batch, tuple) and len(batch) == 2 and isinstance(batch[0], dict):
-        return batch  # already batched by __getitems__
+    if isinstance(batch, tuple) and len(batch) in (2, 3) and isinstance(batch[0], dict):
+        return batch  # already batched by __getitems__: (inputs, labels) or (inputs, labels, extras)
     inputs = [b[0] for b in batch]
     text = torch.nn.utils.rnn.pad_sequence([x["text"] for x in inputs], batch_first=True,
                                            padding_value=PAD_ID)

@@ -23,6 +23,8 @@ from typing import Callable
 
 import numpy as np
 
+from ..modality import MODALITIES
+
 # Every latent attribute and its values, in a fixed order (value index = position).
 ATTRIBUTES: dict[str, tuple[str, ...]] = {
     "shape": ("circle", "square", "triangle", "cross", "diamond"),
@@ -151,9 +153,6 @@ def observation_model(config: WorldConfig) -> dict[str, tuple[Event, ...]]:
         "image": (Event("image.view", 1.0, ("shape", "colour", "size", "position")),),
         "text": tuple(Event(f"text.{a}", config.mention_prob[a], (a,)) for a in ATTRIBUTES),
     }
-
-
-MODALITIES: tuple[str, ...] = ("audio", "image", "text")
 
 
 @dataclass
