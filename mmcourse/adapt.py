@@ -35,6 +35,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from .checks import check_int
 from .config import METHODS, Profile, get_profile, stage3_config
 from .data.dataset import MultimodalDataset, Split, make_splits, subset
 from .data.world import SIZE_AND_MATERIAL, World, WorldConfig
@@ -80,8 +81,7 @@ class LoRA(nn.Module):
 
     def __init__(self, weight: torch.Tensor, rank: int, alpha: float | None = None):
         super().__init__()
-        if not isinstance(rank, int) or isinstance(rank, bool) or rank < 1:
-            raise ValueError(f"rank must be an int >= 1, got {rank!r}")
+        check_int(rank, "rank")
         if weight.dim() < 2:
             raise ValueError(f"LoRA needs a weight with >= 2 dims, got shape {tuple(weight.shape)}")
         fan_out, fan_in = weight.shape[0], weight[0].numel()
@@ -176,9 +176,7 @@ class Adapter(nn.Module):
 
     def __init__(self, dim: int, bottleneck: int = 16, channel_dim: int = -1, *, device=None, dtype=None):
         super().__init__()
-        for value, name in ((dim, "dim"), (bottleneck, "bottleneck")):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        check_int(dim, "dim"), check_int(bottleneck, "bottleneck")
         if channel_dim not in (-1, 1):
             raise ValueError(f"channel_dim must be -1 or 1, got {channel_dim!r}")
         self.dim, self.channel_dim = dim, channel_dim
@@ -278,9 +276,7 @@ class PromptTuning(nn.Module):
 
     def __init__(self, n_tokens: int, dim: int, *, device=None, dtype=None):
         super().__init__()
-        for value, name in ((n_tokens, "n_tokens"), (dim, "dim")):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        check_int(n_tokens, "n_tokens"), check_int(dim, "dim")
         self.prompts = nn.Parameter(torch.randn(n_tokens, dim, device=device, dtype=dtype) * PROMPT_INIT_STD)
 
     @property
@@ -457,8 +453,7 @@ def few_shot(dataset: MultimodalDataset, per_class: int, seed: int = 0) -> Multi
     Raises:
         ValueError: if ``per_class`` < 1 or a class has fewer scenes than that.
     """
-    if not isinstance(per_class, int) or isinstance(per_class, bool) or per_class < 1:
-        raise ValueError(f"per_class must be an int >= 1, got {per_class!r}")
+    check_int(per_class, "per_class")
     labels = dataset.labels.numpy()
     order = np.random.default_rng(seed).permutation(len(labels))
     picked = []

@@ -25,6 +25,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 
+from .checks import check_int, check_probability
 from .data.dataset import Split
 from .data.world import SHAPE_AND_SOUND, SIZE_AND_MATERIAL, WorldConfig
 
@@ -93,16 +94,12 @@ def get_profile(profile: Profile | str | None = None, **overrides) -> Profile:
 
 def _check_positive(config, names) -> None:
     for name in names:
-        value = getattr(config, name)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{type(config).__name__}.{name} must be a positive int, got {value!r}")
+        check_int(getattr(config, name), f"{type(config).__name__}.{name}")
 
 
 def _check_fraction(config, names) -> None:
     for name in names:
-        value = getattr(config, name)
-        if not 0.0 <= value < 1.0:
-            raise ValueError(f"{type(config).__name__}.{name} must be in [0, 1), got {value!r}")
+        check_probability(getattr(config, name), f"{type(config).__name__}.{name}", below_one=True)
 
 
 def _table_entry(table: Mapping, profile, what: str):

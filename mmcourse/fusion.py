@@ -42,6 +42,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
+from .checks import check_int
 from .data.dataset import BatchedDataset
 from .data.text import bag_of_words
 from .modality import ModalityDropout, check_keys, check_modalities, check_tensor, presence_of
@@ -51,12 +52,6 @@ MISSING_INIT_STD = 0.02    # learned "missing" / null embeddings start small and
 TENSOR_PROJ_DIM = 8        # tensor fusion: (8 + 1)^3 = 729 products for three modalities
 LOW_RANK = 4               # low-rank fusion: the rank Liu et al. (2018) found sufficient on their tasks
 ATTENTION_HEADS = 4
-
-
-def _positive_int(value, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return value
 
 
 def _embedding(*shape: int) -> nn.Parameter:
@@ -86,9 +81,9 @@ class Fusion(nn.Module):
         for m in self.modalities:
             if not m or "." in m:
                 raise ValueError(f"modality names must be non-empty and contain no '.', got {m!r}")
-            _positive_int(in_dims[m], f"in_dims[{m!r}]")
+            check_int(in_dims[m], f"in_dims[{m!r}]")
         self.in_dims = {m: in_dims[m] for m in self.modalities}
-        self.out_dim = _positive_int(out_dim, "out_dim")
+        self.out_dim = check_int(out_dim, "out_dim")
 
     def forward(self, features: Mapping[str, torch.Tensor], present: torch.Tensor | None = None) -> torch.Tensor:
         """Fuse ``features`` {name: (B, D_m)} under ``present`` (B, M) bool (None: all present) -> (B, out_dim).
@@ -165,8 +160,7 @@ class ConcatFusion(Fusion):
     """
 
     def __init__(self, in_dims: Mapping[str, int], hidden: int, layers: int = 1):
-        if not isinstance(layers, int) or isinstance(layers, bool) or layers < 0:
-            raise ValueError(f"layers must be an int >= 0, got {layers!r}")
+        check_int(layers, "layers", minimum=0)
         width = sum(in_dims.values()) + len(in_dims) if isinstance(in_dims, Mapping) else hidden
         super().__init__(in_dims, hidden if layers else width)
         self.missing = nn.ParameterDict({m: _embedding(d) for m, d in self.in_dims.items()})
@@ -275,7 +269,7 @@ class TensorFusion(Fusion):
 
     def __init__(self, in_dims: Mapping[str, int], hidden: int, proj_dim: int = TENSOR_PROJ_DIM):
         super().__init__(in_dims, hidden)
-        k = _positive_int(proj_dim, "proj_dim")
+        k = check_int(proj_dim, "proj_dim")
         self.project = nn.ModuleDict({m: nn.Linear(d, k) for m, d in self.in_dims.items()})
         self.out = nn.Sequential(nn.Linear((k + 1) ** len(self.modalities), hidden), nn.ReLU())
 
@@ -309,7 +303,7 @@ class LowRankFusion(Fusion):
 
     def __init__(self, in_dims: Mapping[str, int], hidden: int, rank: int = LOW_RANK):
         super().__init__(in_dims, hidden)
-        r = _positive_int(rank, "rank")
+        r = check_int(rank, "rank")
         # Each factor maps an O(1) vector to O(1) values, so their product stays O(1) for any M.
         self.factors = nn.ParameterDict({m: nn.Parameter(torch.randn(r, d + 1, hidden) / (d + 1) ** 0.5)
                                          for m, d in self.in_dims.items()})
@@ -375,7 +369,7 @@ class CrossAttentionFusion(Fusion):
 
     def __init__(self, in_dims: Mapping[str, int], hidden: int, heads: int = ATTENTION_HEADS):
         super().__init__(in_dims, hidden)
-        if hidden % _positive_int(heads, "heads"):
+        if hidden % check_int(heads, "heads"):
             raise ValueError(f"hidden ({hidden}) must be divisible by heads ({heads})")
         self.project = nn.ModuleDict({m: nn.Linear(d, hidden) for m, d in self.in_dims.items()})
         self.type_embedding = _embedding(len(self.modalities), hidden)   # (M, H)
@@ -416,7 +410,7 @@ class LateFusion(Fusion):
 
     def __init__(self, in_dims: Mapping[str, int], hidden: int, num_classes: int):
         super().__init__(in_dims, num_classes)
-        _positive_int(hidden, "hidden")
+        check_int(hidden, "hidden")
         self.heads = nn.ModuleDict({m: nn.Sequential(nn.Linear(d, hidden), nn.ReLU(), nn.Linear(hidden, num_classes))
                                     for m, d in self.in_dims.items()})
 
@@ -464,7 +458,7 @@ class BagOfWords(nn.Module):
 
     def __init__(self, vocab_size: int):
         super().__init__()
-        self.vocab_size = _positive_int(vocab_size, "vocab_size")
+        self.vocab_size = check_int(vocab_size, "vocab_size")
 
     def forward(self, text: torch.Tensor) -> torch.Tensor:
         return bag_of_words(text, self.vocab_size)
@@ -500,7 +494,7 @@ class FusionModel(nn.Module):
         unknown = sorted(set(encoders) - set(fusion.modalities))
         if unknown:
             raise ValueError(f"encoders for unknown modalities {unknown}; the fusion has {list(fusion.modalities)}")
-        _positive_int(num_classes, "num_classes")
+        check_int(num_classes, "num_classes")
         if fusion.outputs_logits and fusion.out_dim != num_classes:
             raise ValueError(f"the fusion outputs {fusion.out_dim} logits, but num_classes is {num_classes}")
         self.fusion = fusion

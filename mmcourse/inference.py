@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .checks import check_int
 from .data.dataset import to_device
 from .data.text import Tokenizer
 from .modality import MODALITIES
@@ -197,8 +198,7 @@ def predict(model: nn.Module, *, captions=None, images=None, audio=None, device=
     if tuple(getattr(model, "modalities", ())) != MODALITIES:
         raise ValueError(f"model must be a fusion model over {MODALITIES}, got modalities "
                          f"{getattr(model, 'modalities', None)}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    check_int(batch_size, "batch_size")
     if captions is None and images is None and audio is None:
         raise ValueError("predict() needs at least one of captions=, images=, audio= (got none)")
     inputs, present = _raw_inputs(spec, captions, images, audio)

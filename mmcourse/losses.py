@@ -23,6 +23,8 @@ import math
 import torch
 from torch import nn
 
+from .checks import check_int, check_probability
+
 # CLIP initialises the temperature at 0.07 and learns its logarithm (the logit
 # scale is 1 / temperature); it clips the scale at 100 to keep training stable
 # (Radford et al., 2021).
@@ -145,8 +147,7 @@ def cross_entropy(logits: torch.Tensor, target: torch.Tensor, label_smoothing: f
     """
     _check_logits_target(logits, target)
     _check_reduction(reduction)
-    if not 0.0 <= label_smoothing < 1.0:
-        raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
+    check_probability(label_smoothing, "label_smoothing", below_one=True)
     num_classes = logits.shape[1]
     if weight is not None and (not isinstance(weight, torch.Tensor) or weight.shape != (num_classes,)):
         raise ValueError(f"weight must be a tensor (C,) = ({num_classes},), "
@@ -187,8 +188,7 @@ class LinearFusionClassifier(nn.Module):
         super().__init__()
         for name, value in {"text_dim": text_dim, "image_dim": image_dim,
                             "fused_dim": fused_dim, "num_classes": num_classes}.items():
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+            check_int(value, name)
         self.text_dim, self.image_dim = text_dim, image_dim
         self.fuse = nn.Linear(text_dim + image_dim, fused_dim, bias=bias)   # W_f
         self.classify = nn.Linear(fused_dim, num_classes, bias=bias)       # W_c

@@ -18,7 +18,7 @@ and the robustness measurements all share it.
 
 Checks: :func:`check_modalities` (names), :func:`check_keys` (a modality dict's
 keys), :func:`check_tensor` (one tensor's dims and dtype), :func:`check_presence`
-(a mask), :func:`check_rate` (a probability). Masks: :func:`presence_of` (from the
+(a mask); probabilities use :func:`mmcourse.checks.check_probability`. Masks: :func:`presence_of` (from the
 keys a dict has), :func:`presence_without` (fixed), :func:`sample_presence`
 (random), :func:`ensure_one_present`, and :class:`ModalityDropout` (random, in
 training only). Random draws take an optional CPU ``torch.Generator`` and always
@@ -34,6 +34,7 @@ from collections.abc import Collection, Mapping, Sequence
 import torch
 from torch import nn
 
+from .checks import check_int, check_probability
 from .utils import uniform
 
 # The modalities of the course's synthetic world (mmcourse.data.world), sorted: the columns of its presence masks.
@@ -133,19 +134,6 @@ def check_presence(present, batch_size: int, modalities: Sequence[str]) -> torch
     return present
 
 
-def check_rate(rate, name: str = "rate") -> float:
-    """Validate a probability: a real number in [0, 1]."""
-    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0.0 <= rate <= 1.0:
-        raise ValueError(f"{name} must be a number in [0, 1], got {rate!r}")
-    return float(rate)
-
-
-def _check_batch_size(batch_size) -> int:
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 0:
-        raise ValueError(f"batch_size must be a non-negative int, got {batch_size!r}")
-    return batch_size
-
-
 # ----------------------------------------------------------------------------- presence masks
 
 def presence_of(inputs: Mapping, modalities: Sequence[str], present: torch.Tensor | None = None) -> torch.Tensor:
@@ -209,8 +197,8 @@ def _rates(missing_rate, modalities: tuple[str, ...]) -> torch.Tensor:
         unknown = sorted(set(missing_rate) - set(modalities))
         if unknown:
             raise ValueError(f"missing_rate names unknown modalities {unknown}; valid: {list(modalities)}")
-        return torch.tensor([check_rate(missing_rate.get(m, 0.0), f"missing_rate[{m!r}]") for m in modalities])
-    return torch.full((len(modalities),), check_rate(missing_rate, "missing_rate"))
+        return torch.tensor([check_probability(missing_rate.get(m, 0.0), f"missing_rate[{m!r}]") for m in modalities])
+    return torch.full((len(modalities),), check_probability(missing_rate, "missing_rate"))
 
 
 def check_rates(missing_rate, modalities: Sequence[str]) -> None:
@@ -240,7 +228,7 @@ def sample_presence(batch_size: int, modalities: Sequence[str], missing_rate, ge
     """
     mods = check_modalities(modalities)
     rates = _rates(missing_rate, mods)
-    draws = uniform((_check_batch_size(batch_size), len(mods)), generator, device)
+    draws = uniform((check_int(batch_size, "batch_size", minimum=0), len(mods)), generator, device)
     present = draws >= rates.to(draws.device)                    # absent with probability rate
     if not keep_one:
         return present
@@ -262,7 +250,7 @@ def presence_without(batch_size: int, modalities: Sequence[str], missing, device
     if unknown:
         raise ValueError(f"missing names unknown modalities {unknown}; valid: {list(mods)}")
     row = torch.tensor([m not in missing for m in mods], device=device)
-    return row.expand(_check_batch_size(batch_size), -1).clone()
+    return row.expand(check_int(batch_size, "batch_size", minimum=0), -1).clone()
 
 
 class ModalityDropout(nn.Module):
@@ -281,7 +269,7 @@ class ModalityDropout(nn.Module):
 
     def __init__(self, p: float = 0.0, keep_one: bool = True, generator: torch.Generator | None = None):
         super().__init__()
-        self.p = check_rate(p, "p")
+        self.p = check_probability(p, "p")
         self.keep_one = keep_one
         self.generator = generator
 

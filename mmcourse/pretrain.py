@@ -41,6 +41,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .checks import check_int
 from .config import Profile, get_profile, stage1_config
 from .data.dataset import MultimodalDataset, Split, make_loader, make_splits, take
 from .data.matching import annotate, match_evidence
@@ -88,8 +89,7 @@ class ContrastiveModel(nn.Module):
         for m, enc in encoders.items():
             if not isinstance(enc, Encoder):
                 raise TypeError(f"encoders[{m!r}] must be an mmcourse.encoders.Encoder, got {type(enc).__name__}")
-        if not isinstance(embed_dim, int) or embed_dim < 1:
-            raise ValueError(f"embed_dim must be a positive int, got {embed_dim!r}")
+        check_int(embed_dim, "embed_dim")
         if not 1 / math.exp(MAX_LOGIT_SCALE) <= temperature:
             raise ValueError(f"temperature must be >= {1 / math.exp(MAX_LOGIT_SCALE):g}, got {temperature}")
         names = sorted(encoders)
@@ -358,8 +358,7 @@ def prompts(attribute: str, value: str, templates: Sequence[str] = PROMPT_TEMPLA
         raise ValueError(f"templates must be a non-empty list of strings, got {templates!r}")
     phrases = SYNONYMS[attribute][value]
     if synonyms is not None:
-        if not isinstance(synonyms, int) or synonyms < 1:
-            raise ValueError(f"synonyms must be a positive int or None, got {synonyms!r}")
+        check_int(synonyms, "synonyms", allow_none=True)
         phrases = phrases[:synonyms]
     out = []
     for template in templates:

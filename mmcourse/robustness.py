@@ -26,8 +26,9 @@ from collections.abc import Callable, Mapping, Sequence
 import torch
 from torch import nn
 
+from .checks import check_probability
 from .data.bayes import all_subsets
-from .modality import check_keys, check_modalities, check_rate, check_rates, presence_without, sample_presence
+from .modality import check_keys, check_modalities, check_rates, presence_without, sample_presence
 from .evaluation import run_batches
 from .training import accuracy_on
 from .utils import uniform
@@ -58,7 +59,7 @@ def corrupt(x: torch.Tensor, rate: float, generator: torch.Generator | None = No
     Raises:
         ValueError: if ``rate`` is not in [0, 1], or ``x`` has fewer than 2 rows while ``rate > 0``.
     """
-    rate = check_rate(rate, "rate")
+    rate = check_probability(rate, "rate")
     if not isinstance(x, torch.Tensor) or x.dim() < 1:
         raise TypeError(f"x must be a tensor (B, ...), got {type(x).__name__}")
     b = len(x)
@@ -217,5 +218,5 @@ def noise_rate_curve(model: nn.Module, loader, rates: Sequence[float], device, s
     """
     mods = None if modalities is None else check_modalities(modalities)
     return [evaluate(model, loader, device, corrupt_fn=functools.partial(
-                _corrupted_at, check_rate(r), mods, torch.Generator().manual_seed(seed)))
+                _corrupted_at, check_probability(r, "rate"), mods, torch.Generator().manual_seed(seed)))
             for r in rates]

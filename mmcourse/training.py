@@ -59,6 +59,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, RandomSampler
 
+from .checks import check_int
 from .data.dataset import to_device
 from .evaluation import run_batches
 from .metrics import accuracy
@@ -124,19 +125,11 @@ class TrainConfig:
     tensorboard: str | None = None
 
     def __post_init__(self):
-        def positive(name, allow_none=False):
-            value = getattr(self, name)
-            if value is None and allow_none:
-                return
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"TrainConfig.{name} must be a positive int{' or None' if allow_none else ''}, "
-                                 f"got {value!r}")
-        positive("epochs")
-        positive("log_every")
+        for name in ("epochs", "log_every"):
+            check_int(getattr(self, name), f"TrainConfig.{name}")
         for name in ("max_steps", "eval_every", "patience", "checkpoint_every"):
-            positive(name, allow_none=True)
-        if not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
-            raise ValueError(f"TrainConfig.warmup_steps must be an int >= 0, got {self.warmup_steps!r}")
+            check_int(getattr(self, name), f"TrainConfig.{name}", allow_none=True)
+        check_int(self.warmup_steps, "TrainConfig.warmup_steps", minimum=0)
         if not self.lr > 0:
             raise ValueError(f"TrainConfig.lr must be > 0, got {self.lr!r}")
         if not self.weight_decay >= 0:

@@ -16,14 +16,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .checks import check_int
+
 DEVICE_ENV = "MMCOURSE_DEVICE"   # overrides the automatic device choice
 BUILD_ENV = "MMCOURSE_BUILD"     # overrides where outputs are written
 
 
 def seed_everything(seed: int) -> torch.Generator:
     """Seed Python, NumPy and PyTorch (all devices); return a seeded torch Generator."""
-    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
-        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    check_int(seed, "seed", minimum=0)
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)  # also seeds every CUDA device

@@ -97,7 +97,7 @@ def test_lora_survives_deepcopy_and_state_dict_round_trip():
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    (dict(rank=0), "rank must be an int >= 1"),
+    (dict(rank=0), "rank must be a positive int"),
     (dict(targets=["nope"]), "no submodule 'nope'"),
     (dict(targets=["2"]), "'2' \\(ReLU\\) has no weight matrix"),
     (dict(targets="0"), "must be a list of module names"),
@@ -148,7 +148,7 @@ def test_adapter_applies_to_the_first_element_of_a_tuple_output():
 
 
 def test_adapter_errors_name_the_problem():
-    with pytest.raises(ValueError, match="bottleneck must be an int >= 1"):
+    with pytest.raises(ValueError, match="bottleneck must be a positive int"):
         Adapter(8, 0)
     with pytest.raises(ValueError, match="expects 8 features along dim -1, got shape \\(2, 5\\)"):
         Adapter(8)(torch.randn(2, 5))
@@ -371,5 +371,5 @@ def test_few_shot_takes_exactly_k_per_class_nested_and_seeded():
     assert not torch.equal(few_shot(data, 5, seed=3).images, five.images)
     with pytest.raises(ValueError, match="has only .* fewer than per_class=400"):
         few_shot(data, 400)
-    with pytest.raises(ValueError, match="per_class must be an int >= 1"):
+    with pytest.raises(ValueError, match="per_class must be a positive int"):
         few_shot(data, 0)

@@ -101,7 +101,7 @@ def test_chapter_07_recipe():
     (lambda: Stage1Config(train_size=0, epochs=1), "Stage1Config.train_size must be a positive int, got 0"),
     (lambda: JointConfig(train_size=10, epochs=1, batch_size=True), "JointConfig.batch_size must be a positive int"),
     (lambda: JointConfig(train_size=10, epochs=1, modality_dropout=1.0),
-     "JointConfig.modality_dropout must be in \\[0, 1\\), got 1.0"),
+     "JointConfig.modality_dropout must be a number in \\[0, 1\\), got 1.0"),
     (lambda: Stage3Config(100, 10, 10, 5, method="prefix"), "Stage3Config.method must be one of"),
     (lambda: Stage3Config(79, 10, 10, 5), "Stage3Config.train_size \\(79\\) must hold at least 8 classes x per_class"),
     (lambda: Stage3Config(100, 10, 10, 5, eval_size=0), "Stage3Config.eval_size must be a positive int, got 0"),

@@ -432,5 +432,5 @@ def test_concat_fusion_without_layers_is_the_plain_concatenation():
     out = fusion({"a": a, "b": b}, present)
     assert torch.equal(out[0], torch.cat([a[0], b[0], torch.ones(2)]))
     assert torch.equal(out[1, 3:5], fusion.missing["b"].detach())
-    with pytest.raises(ValueError, match="layers must be an int >= 0, got -1"):
+    with pytest.raises(ValueError, match="layers must be a non-negative int, got -1"):
         ConcatFusion({"a": 3}, hidden=7, layers=-1)

@@ -312,7 +312,7 @@ def test_cross_entropy_rejects_bad_options():
     with pytest.raises(ValueError, match=re.escape("weight must be a tensor (C,) = (3,), got shape (4,)")):
         cross_entropy(logits, target, weight=torch.ones(4))
     for bad in (-0.1, 1.0):
-        with pytest.raises(ValueError, match=re.escape(f"label_smoothing must be in [0, 1), got {bad}")):
+        with pytest.raises(ValueError, match=re.escape(f"label_smoothing must be a number in [0, 1), got {bad}")):
             cross_entropy(logits, target, label_smoothing=bad)
     with pytest.raises(ValueError, match="reduction must be one of"):
         cross_entropy(logits, target, reduction="avg")

@@ -427,7 +427,7 @@ def test_tensorboard_logs_go_under_build(tmp_path, monkeypatch):
     ({"schedule": "linear"}, "TrainConfig.schedule must be one of"),
     ({"mode": "best"}, "TrainConfig.mode must be 'max' or 'min'"),
     ({"grad_clip": -1.0}, "TrainConfig.grad_clip must be > 0 or None"),
-    ({"warmup_steps": -2}, "TrainConfig.warmup_steps must be an int >= 0"),
+    ({"warmup_steps": -2}, "TrainConfig.warmup_steps must be a non-negative int"),
 ])
 def test_bad_config_is_rejected_with_the_field_name(bad, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
