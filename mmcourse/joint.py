@@ -158,9 +158,10 @@ class AnnotatedDataset(BatchedDataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitems__(self, indices) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        inputs, labels = self.dataset.__getitems__(indices)
-        return {**inputs, ANNOTATIONS: self.annotations[torch.as_tensor(indices, dtype=torch.long)]}, labels
+    @property
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """What :class:`BatchedDataset` batches: the scenes' inputs plus ``annotations`` (N, 3K)."""
+        return {**self.dataset.tensors, ANNOTATIONS: self.annotations}
 
 
 # ----------------------------------------------------------------------------- the model
