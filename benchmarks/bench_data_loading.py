@@ -1,6 +1,6 @@
 """Measure how fast manifest data reach a model: images per second, in memory vs read lazily from PNG files.
 
-    python benchmarks/bench_data_loading.py [--n 512] [--size 32] [--batch 64] [--repeats 3]
+    python benchmarks/bench_data_loading.py [--n 512] [--size 32] [--batch 64] [--repeats 3] [--threads 1]
 
 Writes ``n`` generated scenes as PNG files plus a manifest under ``build/bench_data_loading``
 (the way a user's data arrive), then times one pass of a ``DataLoader`` over:
@@ -10,7 +10,9 @@ Writes ``n`` generated scenes as PNG files plus a manifest under ``build/bench_d
   per-sample ``torchvision.transforms.v2`` augmentation plus ``normalize``,
 
 each with ``num_workers`` 0 and 2. Also prints the one-off cost of decoding everything into
-memory. Prints the best of ``repeats`` passes as a small table.
+memory. Prints the best of ``repeats`` passes as a small table. ``--threads`` sets torch's
+intra-op threads of the main process (0: torch's default); on a machine shared with other
+jobs, one thread avoids measuring thread contention instead of loading.
 """
 import argparse
 import time
@@ -49,7 +51,10 @@ def main():
     parser.add_argument("--size", type=int, default=32)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=0)
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     root = build_dir("bench_data_loading")
     manifest = write_manifest(generate(World(WorldConfig(image_size=args.size)), args.n, seed=0), root)
     start = time.perf_counter()

@@ -8,9 +8,9 @@ import pytest
 import torch
 from sklearn.linear_model import LogisticRegression
 
-from mmcourse.data.text import (ENTITY_TYPES, MIN_WORD_COUNT, PAD_ID, SHAPE_FILLERS, SYNONYMS, TAGS, UNK_ID, WORLD_VOCAB,
-                                Captions, Tokenizer, Vocab, _split_phrase, bag_of_words, build_vocab, generate_captions,
-                                unknown_fraction)
+from mmcourse.data.text import (ENTITY_TYPES, MIN_WORD_COUNT, PAD_ID, SHAPE_FILLERS, SYNONYMS, TAGS, UNK_ID,
+                                WORLD_VOCAB, Captions, Tokenizer, Vocab, _split_phrase, bag_of_words, build_vocab,
+                                generate_captions, unknown_fraction)
 from mmcourse.data.world import ATTRIBUTES
 
 TYPE_TO_ATTRIBUTE = {t: a for a, t in ENTITY_TYPES.items()}

@@ -4,7 +4,10 @@ A batch is a pair ``(inputs, label)``: ``inputs`` is a dict with sorted keys
 ``audio`` (B, T) float32, ``image`` (B, 3, S, S) float32 in [0, 1] and
 ``text`` (B, L) int64 padded with 0; ``label`` is (B,) int64. The dataset
 answers whole batches at once (``__getitems__``), so a ``DataLoader`` over it
-runs no Python per sample.
+runs no Python per sample. Every dataset of the course (generated scenes,
+manifests, cached features) is a :class:`BatchedDataset`: it lists its inputs
+as ``tensors`` and shares one indexing rule (:func:`gather_batch`) and one way
+to take rows (:func:`subset`, :func:`take`, :func:`split_dataset`).
 
 Shape letters: N scenes, B batch, S image side, T audio samples, L tokens.
 """
