@@ -65,7 +65,7 @@ lab: setup
 bench: setup
 	$(BIN)/python benchmarks/bench_generate.py
 	$(BIN)/python benchmarks/bench_training.py
-	$(BIN)/python benchmarks/bench_data_loading.py
+	$(BIN)/python benchmarks/bench_data_loading.py --threads 1
 
 clean:
 	rm -rf build .pytest_cache
