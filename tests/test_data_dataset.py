@@ -259,3 +259,15 @@ def test_split_indices_rejects_bad_fractions(fractions, message):
 def test_split_indices_refuses_an_empty_split():
     with pytest.raises(ValueError, match=r"3 samples are too few for fractions \(0\.8, 0\.1, 0\.1\): .*\['dev'\]"):
         split_indices(3)
+
+
+def test_subset_of_a_wrapping_dataset_keeps_its_parts_aligned(world, small_dataset):
+    from mmcourse.joint import ANNOTATIONS, AnnotatedDataset
+    annotated = AnnotatedDataset(take(small_dataset, 50), world)
+    part = subset(annotated, [7, 3])
+    assert type(part) is AnnotatedDataset and len(part) == 2 and len(part.dataset) == 2
+    np.testing.assert_array_equal(part.scenes.label, small_dataset.scenes.label[[7, 3]])
+    inputs, labels = part.__getitems__([1, 0])
+    expected, _ = annotated.__getitems__([3, 7])
+    assert list(inputs) == sorted(expected) and torch.equal(labels, small_dataset.labels[[3, 7]])
+    assert all(torch.equal(inputs[k], expected[k]) for k in (ANNOTATIONS, "image", "text"))
