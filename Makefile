@@ -65,6 +65,7 @@ lab: setup
 bench: setup
 	$(BIN)/python benchmarks/bench_generate.py
 	$(BIN)/python benchmarks/bench_training.py
+	$(BIN)/python benchmarks/bench_data_loading.py --threads 1
 
 ## make gpu-check: the pipeline on CUDA in the full profile, its cost and MFU, written to build/GPU_REPORT.md.
 # No setup step: the lent GPU machine has torch but nothing can be installed there, so the checkout is the path.

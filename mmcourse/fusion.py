@@ -552,12 +552,10 @@ class FeatureDataset(BatchedDataset):
         self.features = {m: features[m] for m in sorted(features)}
         self.labels = labels
 
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitems__(self, indices) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        idx = torch.as_tensor(indices, dtype=torch.long)
-        return {m: x[idx] for m, x in self.features.items()}, self.labels[idx]
+    @property
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """What :class:`BatchedDataset` batches: the features {name: (N, D_m)}."""
+        return self.features
 
     def standardize(self, reference: FeatureDataset | None = None) -> FeatureDataset:
         """A copy with every feature column shifted and scaled to mean 0, variance 1 over ``reference``.

@@ -38,7 +38,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .data.dataset import BatchedDataset, make_loader
+from .data.dataset import BatchedDataset, batch_index, make_loader
 from .data.matching import annotate, caption_fits
 from .data.world import World
 from .encoders import encode
@@ -162,7 +162,7 @@ class AnnotatedDataset(BatchedDataset):
 
     def __getitems__(self, indices) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
         inputs, labels = self.dataset.__getitems__(indices)
-        return inputs, labels, self.annotations[torch.as_tensor(indices, dtype=torch.long)]
+        return inputs, labels, self.annotations[batch_index(indices)]
 
 
 # ----------------------------------------------------------------------------- the model

@@ -37,7 +37,7 @@ from sklearn import metrics as skm
 from torch import nn
 from torch.nn import functional as F
 
-from .data.dataset import BatchedDataset, MultimodalDataset, trim_padding
+from .data.dataset import BatchedDataset, MultimodalDataset, batch_index, gather_batch
 from .data.text import PAD_ID, TAGS, WORLD_VOCAB, Captions
 from .encoders import ConvTextEncoder, Encoder
 from .evaluation import EVAL_BATCH_SIZE, run_batches
@@ -256,14 +256,15 @@ class TaggingDataset(BatchedDataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
+    @property
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """The inputs {"image": (N, 3, S, S) uint8 (if ``image``), "text": (N, L)}."""
+        return {"image": self.dataset.images, "text": self.dataset.text} if self.image else {"text": self.dataset.text}
+
     def __getitems__(self, indices) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        idx = torch.as_tensor(indices, dtype=torch.long)
-        text = trim_padding(self.dataset.text[idx])
-        target = self.dataset.tags[idx, : text.shape[1]].masked_fill(text == PAD_ID, IGNORE_INDEX)
-        inputs = {"text": text}
-        if self.image:
-            inputs["image"] = self.dataset.images[idx].float() / 255.0
-        return dict(sorted(inputs.items())), target
+        inputs = gather_batch(self.tensors, indices)                          # text (B, L') trimmed
+        tags = self.dataset.tags[batch_index(indices), : inputs["text"].shape[1]]
+        return inputs, tags.masked_fill(inputs["text"] == PAD_ID, IGNORE_INDEX)
 
 
 def tagging_loss(model: nn.Module, batch) -> torch.Tensor:

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from mmcourse.data.dataset import (MultimodalDataset, Split, collate, generate, make_loader, make_splits, subset,
-                                   to_device)
+from mmcourse.data.dataset import (BatchedDataset, MultimodalDataset, Split, collate, gather_batch, generate,
+                                   make_loader, make_splits, split_dataset, split_indices, subset, take, to_device)
 from mmcourse.data.text import PAD_ID
 from mmcourse.data.world import ATTRIBUTES, World
 
@@ -191,3 +191,86 @@ def test_subset_by_indices_mask_and_slice(small_dataset):
 def test_make_loader_can_pin_memory(small_dataset):
     assert make_loader(small_dataset, 4, pin_memory=True).pin_memory
     assert not make_loader(small_dataset, 4).pin_memory
+
+
+def test_gather_batch_scales_uint8_trims_text_and_sorts_keys():
+    tensors = {"text": torch.tensor([[4, 5, 0, 0], [6, 0, 0, 0], [7, 8, 9, 0]]),
+               "image": torch.tensor([[0], [255], [51]], dtype=torch.uint8),
+               "audio": torch.tensor([[0.5], [2.0], [-1.0]])}
+    batch = gather_batch(tensors, [1, 0])
+    assert list(batch) == ["audio", "image", "text"]
+    assert batch["text"].tolist() == [[6, 0], [4, 5]]                     # trimmed to the longest row
+    assert batch["image"].dtype == torch.float32 and batch["image"].tolist() == [[1.0], [0.0]]
+    assert batch["audio"].tolist() == [[2.0], [0.5]]                       # floats untouched
+    assert gather_batch({"text": torch.rand(3, 4)}, [0])["text"].shape == (1, 4)  # float "text" features: no trim
+
+
+def test_subset_take_and_split_on_a_feature_dataset():
+    from mmcourse.fusion import FeatureDataset
+    feats = FeatureDataset({"text": torch.arange(20.0).view(10, 2), "image": torch.arange(10.0).view(10, 1)},
+                           torch.arange(10))
+    part = subset(feats, [7, 2])
+    assert type(part) is FeatureDataset and part.labels.tolist() == [7, 2]
+    assert part.features["image"].view(-1).tolist() == [7.0, 2.0] and part.features["text"].shape == (2, 2)
+    assert take(feats, 3).labels.tolist() == [0, 1, 2] and len(feats) == 10            # the original is unchanged
+    inputs, label = part[1]
+    assert inputs["image"].tolist() == [2.0] and int(label) == 2
+
+
+class _Rows(BatchedDataset):
+    """A dataset whose class_names tuple happens to have one entry per row: it must not be indexed."""
+
+    def __init__(self, n):
+        self.tensors = {"image": torch.zeros(n, 1, dtype=torch.uint8)}
+        self.labels = torch.arange(n)
+        self.class_names = tuple(f"c{i}" for i in range(n))
+
+
+def test_subset_indexes_per_sample_tensors_only():
+    part = subset(_Rows(3), np.array([True, False, True]))
+    assert part.labels.tolist() == [0, 2] and part.tensors["image"].shape == (2, 1)
+    assert part.class_names == ("c0", "c1", "c2")
+    with pytest.raises(IndexError, match=r"a boolean mask must have shape \(3,\), got \(2,\)"):
+        subset(_Rows(3), np.array([True, False]))
+    with pytest.raises(TypeError, match="dataset must be a BatchedDataset, got list"):
+        subset([1, 2, 3], [0])
+
+
+def test_split_dataset_is_seeded_disjoint_and_complete(small_dataset):
+    parts = split_dataset(small_dataset, seed=1)
+    assert [len(p) for p in parts.values()] == [1600, 200, 200] and list(parts) == ["train", "dev", "test"]
+    rows = split_indices(len(small_dataset), seed=1)
+    assert np.array_equal(np.sort(np.concatenate(list(rows.values()))), np.arange(2000))
+    assert torch.equal(parts["dev"].labels, small_dataset.labels[torch.from_numpy(rows["dev"])])
+    assert np.array_equal(parts["test"].scenes.label, small_dataset.scenes.label[rows["test"]])
+    assert not np.array_equal(split_indices(2000, seed=2)["test"], rows["test"])
+
+
+@pytest.mark.parametrize("fractions, message", [
+    ((0.8, 0.2), "three numbers >= 0 summing to 1"),
+    ((0.8, 0.3, -0.1), "three numbers >= 0 summing to 1"),
+    ((0.5, 0.25, 0.2), "three numbers >= 0 summing to 1"),
+])
+def test_split_indices_rejects_bad_fractions(fractions, message):
+    with pytest.raises(ValueError, match=message):
+        split_indices(10, fractions)
+
+
+def test_split_indices_refuses_an_empty_split():
+    with pytest.raises(ValueError, match=r"3 samples are too few for fractions \(0\.8, 0\.1, 0\.1\): .*\['dev'\]"):
+        split_indices(3)
+
+
+def test_subset_of_a_wrapping_dataset_keeps_its_parts_aligned(world, small_dataset):
+    from mmcourse.joint import AnnotatedDataset
+    annotated = AnnotatedDataset(take(small_dataset, 50), world)
+    part = subset(annotated, [7, 3])
+    assert type(part) is AnnotatedDataset and len(part) == 2 and len(part.dataset) == 2
+    np.testing.assert_array_equal(part.scenes.label, small_dataset.scenes.label[[7, 3]])
+    inputs, labels, annotations = part.__getitems__([1, 0])
+    expected, _, expected_annotations = annotated.__getitems__([3, 7])
+    assert list(inputs) == sorted(expected) and torch.equal(labels, small_dataset.labels[[3, 7]])
+    assert all(torch.equal(inputs[k], expected[k]) for k in ("audio", "image", "text"))
+    assert torch.equal(annotations, expected_annotations)
+    one_inputs, one_label, one_annotation = part[1]           # a single item keeps the annotations too
+    assert torch.equal(one_annotation, annotations[0]) and one_label == labels[0]

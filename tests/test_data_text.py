@@ -8,8 +8,9 @@ import pytest
 import torch
 from sklearn.linear_model import LogisticRegression
 
-from mmcourse.data.text import (ENTITY_TYPES, PAD_ID, SHAPE_FILLERS, SYNONYMS, TAGS, UNK_ID, WORLD_VOCAB, Captions,
-                                Tokenizer, Vocab, _split_phrase, bag_of_words, generate_captions)
+from mmcourse.data.text import (ENTITY_TYPES, MIN_WORD_COUNT, PAD_ID, SHAPE_FILLERS, SYNONYMS, TAGS, UNK_ID,
+                                WORLD_VOCAB, Captions, Tokenizer, Vocab, _split_phrase, bag_of_words, build_vocab,
+                                generate_captions, unknown_fraction)
 from mmcourse.data.world import ATTRIBUTES
 
 TYPE_TO_ATTRIBUTE = {t: a for a, t in ENTITY_TYPES.items()}
@@ -219,3 +220,24 @@ def test_bag_of_words_rejects_bad_ids():
         bag_of_words(torch.zeros(3), 10)
     with pytest.raises(ValueError, match=r"ids must lie in \[0, 10\)"):
         bag_of_words(torch.tensor([[3, 10]]), 10)
+
+
+def test_build_vocab_keeps_words_seen_min_count_times():
+    texts = ["A red disc.", "a RED block", "a blue disc"]
+    assert build_vocab(texts).itos == ["<pad>", "<unk>", "a", "disc", "red"]          # MIN_WORD_COUNT = 2
+    assert build_vocab(texts, min_count=1).itos[2:] == [".", "a", "block", "blue", "disc", "red"]
+    assert MIN_WORD_COUNT == 2
+    ids, _ = Tokenizer(build_vocab(texts)).encode(["a green disc"])
+    assert ids.tolist() == [[2, UNK_ID, 3]]
+
+
+def test_build_vocab_rejects_bad_arguments():
+    with pytest.raises(TypeError, match="texts must be a list of strings, got a single str"):
+        build_vocab("a red disc")
+    with pytest.raises(ValueError, match="min_count must be an int >= 1, got 0"):
+        build_vocab(["a"], min_count=0)
+
+
+def test_unknown_fraction_counts_real_tokens_only():
+    assert unknown_fraction(np.array([[2, UNK_ID, 0], [UNK_ID, 0, 0]])) == pytest.approx(2 / 3)
+    assert unknown_fraction(np.zeros((2, 3), np.int64)) == 0.0

@@ -4,13 +4,15 @@ Captions come from a small grammar with synonyms. They are generated directly
 as token ids (vectorised: one table lookup per slot, no loop per scene) with a
 BIO entity tag per token (COLOR, SHAPE, SIZE, POS, MATERIAL; several synonyms
 span two or three tokens, so I- tags matter). Strings are made only when asked
-for, by :meth:`Vocab.decode`.
+for, by :meth:`Vocab.decode`. Real captions get a vocabulary built from their
+training split (:func:`build_vocab`) instead of the grammar's ``WORLD_VOCAB``.
 
 Shape letters: N captions, L tokens.
 """
 from __future__ import annotations
 
 import re
+from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
@@ -119,10 +121,12 @@ class Tokenizer:
     def __init__(self, vocab: Vocab = WORLD_VOCAB):
         self.vocab = vocab
 
-    def tokenize(self, text: str) -> list[str]:
+    @classmethod
+    def tokenize(cls, text: str) -> list[str]:
+        """Lower-cased words and punctuation marks of ``text`` (no vocabulary needed)."""
         if not isinstance(text, str):
             raise TypeError(f"text must be a str, got {type(text).__name__}")
-        return self.PATTERN.findall(text.lower())
+        return cls.PATTERN.findall(text.lower())
 
     def encode(self, texts, max_len: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Encode strings to padded ids and a mask of real tokens: (N, L) int64, (N, L) bool.
@@ -140,6 +144,36 @@ class Tokenizer:
             r = r[:length]
             ids[i, : len(r)] = r
         return ids, ids != PAD_ID
+
+
+# A word must occur this often in the training captions to get its own id. With 2, words seen
+# once become <unk> in training too, so the model learns what an unknown word looks like
+# before it meets the unseen words of dev and test (the usual "min_freq" cut-off).
+MIN_WORD_COUNT = 2
+
+
+def build_vocab(texts, min_count: int = MIN_WORD_COUNT) -> Vocab:
+    """The vocabulary of ``texts`` (the training captions): every word seen at least ``min_count`` times.
+
+    Words are split as :meth:`Tokenizer.tokenize` splits them.
+
+    Raises:
+        TypeError: if ``texts`` is a single string.
+        ValueError: if ``min_count`` is not an int >= 1.
+    """
+    if isinstance(texts, str):
+        raise TypeError("texts must be a list of strings, got a single str")
+    if not isinstance(min_count, int) or min_count < 1:
+        raise ValueError(f"min_count must be an int >= 1, got {min_count!r}")
+    counts = Counter(w for t in texts for w in Tokenizer.tokenize(t))
+    return Vocab(w for w, c in counts.items() if c >= min_count)
+
+
+def unknown_fraction(ids) -> float:
+    """Share of real (non-padding) tokens that are ``<unk>`` in ids (N, L); 0.0 when there are none."""
+    ids = np.asarray(ids)
+    real = int((ids != PAD_ID).sum())
+    return float((ids == UNK_ID).sum()) / real if real else 0.0
 
 
 @dataclass
