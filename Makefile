@@ -19,6 +19,9 @@ BIN := $(ENV_DIR)/bin
 STAMP := $(ENV_DIR)/.mmcourse-installed
 export PATH := $(BIN):$(PATH)
 export PYTHONUNBUFFERED := 1
+# Waiting OpenMP threads spin 1,000 times instead of 300,000 before they sleep: on a busy 2-core machine
+# the long spin made chapters 5-14x slower (benchmarks/bench_threads.py; mmcourse.utils.configure_threads).
+export GOMP_SPINCOUNT ?= 1000
 # Jupyter prints a warning about platformdirs migration otherwise.
 export JUPYTER_PLATFORM_DIRS := 1
 

@@ -4,11 +4,13 @@
 
 Three workloads, each the kind of step a chapter runs: chapter 02's reference model (batch 32),
 chapter 04's CNN image encoder (batch 128) and chapter 05's three-encoder fusion model (batch 128).
-Each runs in a fresh interpreter (so ``OMP_WAIT_POLICY`` takes effect) under three policies:
+Each runs in a fresh interpreter (so the OpenMP environment takes effect) under these policies:
 
-- ``default``: torch's default pool (one thread per core), OpenMP threads spin while they wait;
-- ``passive``: the same pool with ``OMP_WAIT_POLICY=PASSIVE`` (waiting threads sleep at once);
-- ``configure_threads``: :func:`mmcourse.utils.configure_threads` on the CPU (one thread).
+- ``default``: torch's default pool (one thread per core); a waiting OpenMP thread spins 300,000 times;
+- ``course``: what ``make`` runs, ``GOMP_SPINCOUNT=1000`` and :func:`mmcourse.utils.configure_threads`;
+- ``one thread``: ``configure_threads(threads=1)``: nothing left to wait for;
+- with ``--spin N ...``, also torch's default pool with ``GOMP_SPINCOUNT=N``, and with ``--passive``,
+  with ``OMP_WAIT_POLICY=PASSIVE`` (a waiting thread sleeps at once).
 
 and two conditions: an idle machine, and beside one CPU-bound process (a Python busy loop).
 Prints the seconds per run and each policy's slow-down under load (busy / idle).
@@ -20,7 +22,11 @@ import subprocess
 import sys
 import time
 
-POLICIES = ("default", "passive", "configure_threads")
+from mmcourse.utils import COURSE_SPIN_COUNT
+
+# name -> (environment, threads passed to configure_threads or None for torch's untouched default)
+POLICIES = {"default": ({}, None), "course": ({"GOMP_SPINCOUNT": str(COURSE_SPIN_COUNT)}, 0),
+            "one thread": ({}, 1)}
 WORKLOADS = ("02 reference, batch 32", "04 CNN image, batch 128", "05 fusion of 3 encoders, batch 128")
 
 WORKER = r"""
@@ -33,9 +39,10 @@ from mmcourse.models import ReferenceConfig, ReferenceModel
 from mmcourse.training import train_epoch
 from mmcourse.utils import configure_threads
 
-workload, policy, steps = sys.argv[1], sys.argv[2], int(sys.argv[3])
-if policy == "configure_threads":
-    configure_threads("cpu")
+workload, steps = sys.argv[1], int(sys.argv[3])
+threads = int(sys.argv[4])
+if threads >= 0:
+    configure_threads("cpu", threads or None)
 torch.manual_seed(0)
 batch = 32 if workload.startswith("02") else 128
 data = generate(World(WorldConfig()), batch * steps, seed=0)
@@ -58,11 +65,12 @@ print(json.dumps({"seconds": time.perf_counter() - start, "threads": torch.get_n
 
 def run(workload: str, policy: str, steps: int) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MMCOURSE_THREADS")}
-    if policy == "passive":
-        env["OMP_WAIT_POLICY"] = "PASSIVE"
-    else:
-        env.pop("OMP_WAIT_POLICY", None)
-    out = subprocess.run([sys.executable, "-c", WORKER, workload, policy, str(steps)], env=env,
+    env.pop("OMP_WAIT_POLICY", None)
+    env.pop("GOMP_SPINCOUNT", None)
+    extra, threads = POLICIES[policy]
+    env.update(extra)
+    out = subprocess.run([sys.executable, "-c", WORKER, workload, policy, str(steps),
+                          str(-1 if threads is None else threads)], env=env,
                          capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -75,7 +83,13 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=150, help="training steps per run")
     parser.add_argument("--repeats", type=int, default=1, help="runs per cell; the best is kept")
+    parser.add_argument("--spin", type=int, nargs="*", default=[],
+                        help="also try torch's default pool with GOMP_SPINCOUNT set to each of these")
+    parser.add_argument("--passive", action="store_true", help="also try OMP_WAIT_POLICY=PASSIVE")
     args = parser.parse_args()
+    POLICIES.update({f"GOMP_SPINCOUNT={n}": ({"GOMP_SPINCOUNT": str(n)}, None) for n in args.spin})
+    if args.passive:
+        POLICIES["passive"] = ({"OMP_WAIT_POLICY": "PASSIVE"}, None)
     print(f"{os.cpu_count()} CPU cores, {args.steps} steps per run, best of {args.repeats}")
     idle = measure(args.steps, args.repeats)
     hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])

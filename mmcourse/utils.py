@@ -125,6 +125,7 @@ def environment_report() -> dict[str, str]:
         "numpy": np.__version__,
         "device": str(device),
         "cpu threads": str(torch.get_num_threads()),
+        "openmp waits": wait_policy(),
         "cuda available": str(torch.cuda.is_available()),
     }
     if device.type == "cuda":
@@ -236,44 +237,55 @@ def peak_memory(device) -> tuple[float, str]:
 
 
 # --- CPU threads ---
-# The course's models are small: a step is many short ops. On a CPU, PyTorch splits each op over its
-# intra-op threads, which then wait for each other; GNU OpenMP makes a waiting thread spin for a while
-# before it sleeps. When another process keeps a core busy, a spinning thread steals the very core its
-# partner needs, and notebooks ran 5-14x slower (measured in chapters 03-05 on 2 cores). One thread has
-# no partner to wait for, so nothing spins; benchmarks/bench_threads.py measures both ways.
+# The course's models are small: a training step is many short ops, which PyTorch splits over its
+# intra-op threads; a thread that finishes first waits for the others. GNU OpenMP (torch's thread pool
+# on Linux) makes a waiting thread spin 300,000 times before it sleeps. When another process keeps a
+# core busy, the spinning thread takes the very core its partner needs, and chapters ran 5-14x slower.
+# Spinning 1,000 times keeps the short waits of an idle machine fast and yields the core soon on a busy
+# one; one thread would never spin, but ran convolution-heavy steps up to 1.9x slower on an idle machine.
+# benchmarks/bench_threads.py measures all three.
 
-THREADS_ENV = "MMCOURSE_THREADS"   # overrides the thread count chosen by configure_threads
-SMALL_MODEL_THREADS = 1            # torch and BLAS threads on a CPU for the course's small models
+THREADS_ENV = "MMCOURSE_THREADS"   # overrides torch's CPU thread count (default: torch's own, one per core)
+SPIN_ENV = "GOMP_SPINCOUNT"        # GNU OpenMP's spin count, read once, when torch is imported
+COURSE_SPIN_COUNT = 1000           # what `make` exports (see above)
+BLAS_THREADS = 1                   # NumPy / scikit-learn on the course's small problems (probes, PCA)
+_TORCH_DEFAULT_THREADS = torch.get_num_threads()
+
+
+def wait_policy() -> str:
+    """How waiting OpenMP threads behave in this process, in words (the environment torch started with)."""
+    if os.environ.get("OMP_WAIT_POLICY", "").upper() == "PASSIVE":
+        return "sleep at once (OMP_WAIT_POLICY=PASSIVE)"
+    spin = os.environ.get(SPIN_ENV)
+    if spin:
+        return f"spin {spin} times, then sleep ({SPIN_ENV})"
+    return (f"spin 300,000 times, then sleep (GNU OpenMP's default; start Jupyter with {SPIN_ENV}="
+            f"{COURSE_SPIN_COUNT}, as `make` does, for busy machines)")
 
 
 def configure_threads(device, threads: int | None = None) -> int:
-    """Decide torch's and BLAS's CPU thread count for the course's small models; return torch's count.
+    """Set the CPU threads for the course's small models; return torch's thread count.
 
-    On a CPU device: ``threads`` if given, else ``$MMCOURSE_THREADS``, else ``SMALL_MODEL_THREADS`` (1),
-    for torch's intra-op pool (``torch.set_num_threads``) and for the BLAS libraries that NumPy and
-    scikit-learn call (``threadpoolctl``). One thread also settles the wait policy: with no second thread
-    there is nothing to spin-wait for, so ``OMP_WAIT_POLICY`` (read only when torch is imported) no longer
-    matters. On a GPU the CPU only feeds it: torch keeps its default pool unless ``threads`` is given.
+    Torch's intra-op pool gets ``threads`` if given, else ``$MMCOURSE_THREADS``, else torch's own
+    default (one per core); NumPy's and scikit-learn's BLAS get ``BLAS_THREADS`` (one: their problems
+    here are small, and two threads made a logistic-regression probe 100x slower on a busy machine).
+    How long waiting threads spin is fixed when torch is imported, by ``$GOMP_SPINCOUNT``, which
+    ``make`` sets to ``COURSE_SPIN_COUNT``; :func:`wait_policy` says what this process got.
+    On a GPU the same settings apply to the CPU side (data preparation).
 
     Raises:
         ValueError: if ``threads`` (or ``$MMCOURSE_THREADS``) is not a positive int.
     """
-    device = torch.device(device)
-    value = threads if threads is not None else os.environ.get(THREADS_ENV) or None
-    if value is None:
-        if device.type != "cpu":
-            return torch.get_num_threads()
-        value = SMALL_MODEL_THREADS
-    try:
-        count = int(value)
-    except (TypeError, ValueError):
-        count = 0
-    if isinstance(value, bool) or isinstance(value, float) or count < 1:
-        source = "threads" if threads is not None else f"${THREADS_ENV}"
-        raise ValueError(f"{source} must be a positive int, got {value!r}")
-    torch.set_num_threads(count)
+    torch.device(device)                     # a clear error for a malformed device
+    value = threads if threads is not None else os.environ.get(THREADS_ENV) or _TORCH_DEFAULT_THREADS
+    source = "threads" if threads is not None else f"${THREADS_ENV}"
+    if isinstance(value, str):
+        value = int(value) if value.strip().isdigit() else value
+    count = check_int(value, source)
     from threadpoolctl import threadpool_limits
-    threadpool_limits(limits=count)      # not as a context manager: the limit stays for the session
+    # BLAS only: an "openmp" limit would also shrink torch's own pool. Not a context manager: it stays.
+    threadpool_limits(limits=BLAS_THREADS, user_api="blas")
+    torch.set_num_threads(count)
     return count
 
 

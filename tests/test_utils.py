@@ -203,29 +203,38 @@ def test_precision_and_peak_memory_say_what_they_are():
 
 # --- configure_threads ---
 
-def test_configure_threads_uses_one_thread_on_a_cpu_for_torch_and_blas(monkeypatch):
+def test_configure_threads_keeps_torchs_pool_and_gives_blas_one_thread(monkeypatch):
     from threadpoolctl import threadpool_info
 
-    from mmcourse.utils import SMALL_MODEL_THREADS, THREADS_ENV, configure_threads
+    from mmcourse.utils import _TORCH_DEFAULT_THREADS, BLAS_THREADS, THREADS_ENV, configure_threads
     monkeypatch.delenv(THREADS_ENV, raising=False)
-    torch.set_num_threads(2)
-    assert configure_threads("cpu") == SMALL_MODEL_THREADS == torch.get_num_threads() == 1
-    assert all(pool["num_threads"] == 1 for pool in threadpool_info())
+    torch.set_num_threads(1)
+    assert configure_threads("cpu") == _TORCH_DEFAULT_THREADS == torch.get_num_threads()
+    assert BLAS_THREADS == 1 and all(pool["num_threads"] == 1 for pool in threadpool_info()
+                                     if pool["user_api"] == "blas")
 
 
 def test_configure_threads_takes_an_argument_or_the_environment(monkeypatch):
     from mmcourse.utils import THREADS_ENV, configure_threads
     monkeypatch.setenv(THREADS_ENV, "2")
     assert configure_threads("cpu") == 2 == torch.get_num_threads()
-    assert configure_threads("cpu", threads=1) == 1 == torch.get_num_threads()
+    assert configure_threads("meta", threads=1) == 1 == torch.get_num_threads()   # any device: the CPU side
 
 
-def test_configure_threads_leaves_a_gpu_run_alone_unless_asked(monkeypatch):
-    from mmcourse.utils import THREADS_ENV, configure_threads
-    monkeypatch.delenv(THREADS_ENV, raising=False)
-    torch.set_num_threads(2)
-    assert configure_threads("meta") == 2 == torch.get_num_threads()    # any non-CPU device
-    assert configure_threads("meta", threads=1) == 1
+def test_wait_policy_reports_what_the_process_started_with(monkeypatch):
+    from mmcourse.utils import SPIN_ENV, wait_policy
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    monkeypatch.setenv(SPIN_ENV, "1000")
+    assert wait_policy() == "spin 1000 times, then sleep (GOMP_SPINCOUNT)"
+    monkeypatch.delenv(SPIN_ENV)
+    assert wait_policy().startswith("spin 300,000 times") and "GOMP_SPINCOUNT=1000" in wait_policy()
+    monkeypatch.setenv("OMP_WAIT_POLICY", "passive")
+    assert wait_policy() == "sleep at once (OMP_WAIT_POLICY=PASSIVE)"
+
+
+def test_make_exports_the_course_spin_count():
+    from mmcourse.utils import COURSE_SPIN_COUNT, SPIN_ENV
+    assert f"export {SPIN_ENV} ?= {COURSE_SPIN_COUNT}" in (project_root() / "Makefile").read_text()
 
 
 @pytest.mark.parametrize("bad", [0, -1, 1.5, "two", True])
