@@ -33,7 +33,7 @@ from .dataset import SPLIT_FRACTIONS, BatchedDataset, batch_index, gather_batch,
 from .text import WORLD_VOCAB, Tokenizer, Vocab, build_vocab, unknown_fraction
 
 REQUIRED = ("image", "text")
-UNKNOWN_WARN_FRACTION = 0.2  # the threshold: warn when more than 20 % of a split's tokens are <unk>
+UNKNOWN_WARN_FRACTION = 0.2  # more than 20 % of a split's tokens <unk>: the vocabulary does not fit the data
 
 
 class UnknownWordsWarning(UserWarning):
