@@ -21,10 +21,9 @@ import torch
 from torch import nn
 
 from .checks import check_int
-from .data.dataset import to_device
 from .data.text import Tokenizer
 from .modality import MODALITIES
-from .utils import autocast, channels_last
+from .utils import autocast, channels_last, to_device
 
 
 @dataclass(frozen=True)

@@ -46,7 +46,7 @@ from torch import nn
 
 from .adapt import few_shot, make_downstream_model, prepare
 from .config import DOWNSTREAM_TASK, MAIN_TASK, PipelineConfig
-from .data.dataset import MultimodalDataset, Split, make_loader, make_splits, take, to_device
+from .data.dataset import MultimodalDataset, Split, make_loader, make_splits, take
 from .data.world import World, WorldConfig
 from .inference import InputSpec
 from .joint import AnnotatedDataset, JointModel, MultitaskLoss
@@ -56,7 +56,7 @@ from .pretrain import contrastive_step, make_contrastive_model, stage1_evaluator
 from .training import (History, TrainConfig, accuracy_on, classification_loss, predict as predict_loader,
                        read_checkpoint, train)
 from .utils import (atomic_write, build_dir, channels_last, get_device, maybe_compile, peak_memory,
-                    precision_name, project_root, reset_peak_memory)
+                    precision_name, project_root, reset_peak_memory, to_device)
 
 STAGES = ("pretrain", "joint", "adapt")
 STATS_FILE = "stats.json"

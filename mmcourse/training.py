@@ -60,10 +60,9 @@ from torch import nn
 from torch.utils.data import DataLoader, RandomSampler
 
 from .checks import check_int
-from .data.dataset import to_device
 from .evaluation import run_batches
 from .metrics import accuracy
-from .utils import atomic_write, autocast, build_dir
+from .utils import atomic_write, autocast, build_dir, to_device
 
 PROGRESS_ENV = "MMCOURSE_PROGRESS"   # "0" switches progress bars off (set by `make` for notebook runs)
 CHECKPOINT_FORMAT = 1

@@ -303,13 +303,22 @@ def inference(device):
         yield
 
 
+def to_device(batch, device, transform=None):
+    """Move a batch (tensor, or dict / list / tuple of them, nested) to ``device``, non-blocking.
+
+    ``transform``, if given, is applied to every moved tensor (e.g. a memory-layout change).
+    """
+    if isinstance(batch, torch.Tensor):
+        moved = batch.to(device, non_blocking=True)
+        return moved if transform is None else transform(moved)
+    if isinstance(batch, dict):
+        return {k: to_device(v, device, transform) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(to_device(v, device, transform) for v in batch)
+    raise TypeError(f"cannot move an object of type {type(batch).__name__} to a device")
+
+
 def prepare_inputs(batch, device):
     """Move a batch (tensor, or dict / list / tuple of them, nested) to ``device``; on CUDA every 4-D tensor
     (images (B, C, S, S)) in channels-last layout (:func:`channels_last`)."""
-    if isinstance(batch, torch.Tensor):
-        return channels_last(batch.to(device, non_blocking=True), device)
-    if isinstance(batch, dict):
-        return {k: prepare_inputs(v, device) for k, v in batch.items()}
-    if isinstance(batch, (list, tuple)):
-        return type(batch)(prepare_inputs(v, device) for v in batch)
-    raise TypeError(f"cannot move an object of type {type(batch).__name__} to a device")
+    return to_device(batch, device, lambda t: channels_last(t, device))

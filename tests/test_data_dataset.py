@@ -1,4 +1,4 @@
-"""mmcourse.data.dataset: tensors and shapes, batching, determinism, splits, to_device."""
+"""mmcourse.data.dataset: tensors and shapes, batching, determinism, splits, moving batches (utils.to_device)."""
 from __future__ import annotations
 
 from dataclasses import replace
@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from mmcourse.data.dataset import (BatchedDataset, MultimodalDataset, Split, collate, gather_batch, generate,
-                                   make_loader, make_splits, split_dataset, split_indices, subset, take, to_device)
+                                   make_loader, make_splits, split_dataset, split_indices, subset, take)
+from mmcourse.utils import to_device  # the data's batches are moved by the device policy module
 from mmcourse.data.text import PAD_ID
 from mmcourse.data.world import ATTRIBUTES, World
 
@@ -165,6 +166,11 @@ def test_to_device_moves_nested_containers(small_dataset):
     nested = to_device({"a": [torch.ones(2), (torch.zeros(1),)]}, "cpu")
     assert isinstance(nested["a"], list) and isinstance(nested["a"][1], tuple)
     assert torch.equal(nested["a"][0], torch.ones(2))
+
+
+def test_to_device_applies_a_transform_to_every_moved_tensor():
+    nested = to_device({"a": [torch.ones(2), (torch.zeros(1),)]}, "cpu", transform=lambda t: t + 1)
+    assert torch.equal(nested["a"][0], torch.full((2,), 2.0)) and torch.equal(nested["a"][1][0], torch.ones(1))
 
 
 @pytest.mark.parametrize("obj, name", [("text", "str"), (np.zeros(2), "ndarray"), ({"x": 3}, "int")])

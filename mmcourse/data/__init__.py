@@ -9,7 +9,7 @@ tags), ``bayes`` (exact Bayes limits), ``dataset`` (tensors, batching),
 from .bayes import BayesClassifier, all_subsets, bayes_accuracy, bayes_classifier, bayes_table
 from .conll import read_conll, write_conll
 from .dataset import (BatchedDataset, MultimodalDataset, Split, collate, gather_batch, generate, make_loader,
-                      make_splits, split_dataset, split_indices, subset, take, to_device)
+                      make_splits, split_dataset, split_indices, subset, take)
 from .matching import annotate, caption_fits, caption_fits_image, match_evidence
 from .manifest import (LazyManifestDataset, ManifestDataset, UnknownWordsWarning, class_order, load_manifest,
                        load_manifest_splits, read_manifest, write_manifest)
@@ -18,6 +18,7 @@ from .text import (ENTITY_TYPES, PAD_ID, TAGS, TEMPLATES, UNK_ID, WORLD_VOCAB, C
                    build_vocab, generate_captions, unknown_fraction)
 from .world import (ATTRIBUTES, LABEL_RULES, MODALITIES, RINGING_MATERIALS, LabelRule, Scenes, World, WorldConfig,
                     observation_model, register_label_rule)
+from ..utils import to_device  # batches are moved to a device by the one policy module
 
 __all__ = [
     "ATTRIBUTES", "ENTITY_TYPES", "LABEL_RULES", "MODALITIES", "PAD_ID", "RINGING_MATERIALS", "TAGS", "TEMPLATES",

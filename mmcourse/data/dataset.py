@@ -254,7 +254,7 @@ def make_loader(dataset: Dataset, batch_size: int, shuffle: bool = False, seed: 
     """A ``DataLoader`` with the course's collate and a seeded shuffle.
 
     ``pin_memory=True`` puts each batch in page-locked host memory, so that
-    :func:`to_device` (``non_blocking=True``) copies it to a GPU asynchronously;
+    :func:`mmcourse.utils.to_device` (``non_blocking=True``) copies it to a GPU asynchronously;
     pass ``device.type == "cuda"`` (pinning without a GPU only costs time).
     """
     if batch_size < 1:
@@ -264,12 +264,3 @@ def make_loader(dataset: Dataset, batch_size: int, shuffle: bool = False, seed: 
                       generator=generator, pin_memory=pin_memory)
 
 
-def to_device(batch, device):
-    """Move a batch (tensor, or dict / list / tuple of them, nested) to ``device``."""
-    if isinstance(batch, torch.Tensor):
-        return batch.to(device, non_blocking=True)
-    if isinstance(batch, dict):
-        return {k: to_device(v, device) for k, v in batch.items()}
-    if isinstance(batch, (list, tuple)):
-        return type(batch)(to_device(v, device) for v in batch)
-    raise TypeError(f"cannot move an object of type {type(batch).__name__} to a device")
