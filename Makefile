@@ -27,7 +27,7 @@ export JUPYTER_PLATFORM_DIRS := 1
 
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 
-.PHONY: setup test unit notebooks-smoke course lab execute clean bench gpu-check
+.PHONY: setup test unit notebooks-smoke course verify lab execute clean bench gpu-check
 
 setup: $(STAMP)
 
@@ -53,6 +53,11 @@ notebooks-smoke: setup
 ## make course PROFILE=default|smoke|full: run every notebook with papermill, write build/RESULTS.md.
 course: setup
 	MMCOURSE_PROGRESS=0 $(BIN)/python -m mmcourse.course --profile $(PROFILE) --seed $(SEED)
+
+## make verify: every notebook in the default profile with its strict checks; fails on any missed target.
+# For maintainers and the GPU machine; CI does not run it (a 2-core CI machine needs over 40 minutes).
+verify: setup
+	MMCOURSE_PROGRESS=0 $(BIN)/python -m mmcourse.course --profile default --seed $(SEED) --verify
 
 ## make execute: re-run the committed notebooks in place (default profile) so they carry real outputs.
 execute: setup

@@ -13,7 +13,7 @@ Each stage has one frozen settings class and one table of it per profile:
 - stage 1, pretraining (chapter 06): :class:`Stage1Config`, ``STAGE1``, :func:`stage1_config`;
 - stage 2, joint training (chapter 07): :class:`JointConfig`, ``JOINT``, :func:`joint_config`;
 - stage 3, task adaptation (chapter 08): :class:`Stage3Config`, ``STAGE3``, :func:`stage3_config`;
-- the three stages as one run (chapter 09, :mod:`mmcourse.pipeline`): :class:`PipelineConfig`,
+- the three stages as one run (chapter 10, :mod:`mmcourse.pipeline`): :class:`PipelineConfig`,
   ``PIPELINE``, :func:`pipeline_config`, whose stage settings are the chapters' with a shorter
   budget, derived from them in one place (``_PIPELINE_BUDGET``).
 
@@ -254,7 +254,7 @@ def stage3_config(profile: Profile | str | None = None) -> Stage3Config:
     return _table_entry(STAGE3, profile, "stage-3")[1]
 
 
-# ----------------------------------------------------------------------------- the pipeline (chapter 09)
+# ----------------------------------------------------------------------------- the pipeline (chapter 10)
 
 STAGE_FIELDS = ("pretrain", "joint", "adapt")     # the nested stage settings of a PipelineConfig
 

@@ -1,12 +1,15 @@
 """Execute every notebook with papermill and write the results report.
 
-    python -m mmcourse.course --profile default      # what `make course` runs
+    python -m mmcourse.course --profile default            # what `make course` runs
+    python -m mmcourse.course --profile default --verify   # what `make verify` runs
 
 Each notebook runs in order into ``build/notebooks/``, with ``PROFILE`` and
 ``SEED`` injected into its ``parameters`` cell. The figures the notebooks
 record (:mod:`mmcourse.report`) are gathered, with wall time and status, into
 ``build/results.json`` and ``build/RESULTS.md``. A failing notebook fails the
-run, and the report names the cell.
+run, and the report names the cell. With ``--verify`` a missed target fails it too
+(the strict profiles already stop a notebook at its first missed target; this also catches a target
+recorded as missed without an assertion).
 """
 from __future__ import annotations
 
@@ -72,6 +75,7 @@ def main(argv=None) -> int:
     parser.add_argument("--profile", default="default", choices=sorted(PROFILES))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--only", default="", help="run only notebooks whose name contains this")
+    parser.add_argument("--verify", action="store_true", help="fail when any recorded target was missed")
     args = parser.parse_args(argv)
     out_dir = build_dir("notebooks")
     selected = [p for p in notebooks() if args.only in p.name]
@@ -88,7 +92,11 @@ def main(argv=None) -> int:
     (build / "results.json").write_text(json.dumps(entries, indent=2), encoding="utf-8")
     (build / "RESULTS.md").write_text(markdown(entries), encoding="utf-8")
     print(f"wrote {build / 'RESULTS.md'}")
-    return 0 if all(e["status"] == "ok" for e in entries) else 1
+    missed = [f"{e['notebook']}: {f['name']}" for e in entries for f in e["figures"] if f["held"] is False]
+    if args.verify:
+        for line in missed:
+            print(f"target missed: {line}", file=sys.stderr)
+    return 0 if all(e["status"] == "ok" for e in entries) and not (args.verify and missed) else 1
 
 
 if __name__ == "__main__":

@@ -12,6 +12,30 @@ from sklearn import metrics as skm
 PROBE_MAX_ITER = 2000   # iteration cap of the probe's L-BFGS fit (scikit-learn's default: 100), as the course has used
 
 
+def accuracy_se(p: float, n: int) -> float:
+    """Standard error of an accuracy ``p`` measured on ``n`` independent test samples: sqrt(p (1 - p) / n)."""
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"p must be an accuracy in [0, 1], got {p}")
+    if n < 1:
+        raise ValueError(f"n must be a number of test samples >= 1, got {n}")
+    return float(np.sqrt(p * (1.0 - p) / n))
+
+
+SE_MULTIPLE = 3.0   # a target at a Bayes limit allows 3 standard errors of the test set (about 1 in 700 one-sided)
+
+
+def bayes_floor(limit: float, n: int, margin: float = 0.0, k: float = SE_MULTIPLE) -> float:
+    """The lowest accuracy that still meets a target of ``limit - margin`` measured on ``n`` test samples.
+
+    ``limit`` is an exact Bayes limit (or any ceiling), ``margin`` what the model may fall short of it by
+    design, and ``k`` standard errors of the test set absorb sampling noise, so that the target holds on
+    any machine whose model is as good as the margin says.
+    """
+    if margin < 0:
+        raise ValueError(f"margin must be >= 0, got {margin}")
+    return limit - margin - k * accuracy_se(limit, n)
+
+
 def as_numpy(x) -> np.ndarray:
     """A tensor on any device, or an array-like, as a NumPy array."""
     return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)

@@ -1,16 +1,44 @@
-"""Key figures of each notebook, written to ``build/results/<notebook>.json``.
+"""Key figures of each notebook, written to ``build/results/<notebook>.json``, and the proof of which code made them.
 
-A notebook records what it measured and whether each target held; ``make
-course`` gathers these files into ``build/results.json`` and ``build/RESULTS.md``.
+A notebook records what it measured (:meth:`Results.record`) and checks each target (:meth:`Results.check`:
+the profile's strict bound in ``default`` and ``full``, a loose bound in ``smoke``). Its last cell calls
+:meth:`Results.finish`, which writes the JSON and shows the table together with the digest of the
+``mmcourse`` sources the notebook ran with (:func:`source_digest`), in a machine-readable output
+(:data:`RESULTS_MIME`). ``make course`` gathers the JSON files into ``build/results.json`` and
+``build/RESULTS.md``; :func:`committed_run_problems` reads a committed notebook and says whether its run is of
+the current code, in the default profile, with every target met.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from .config import get_profile
 from .utils import atomic_write, build_dir, get_device
+
+RESULTS_MIME = "application/vnd.mmcourse.results+json"   # the output type :meth:`Results.finish` displays
+DIGEST_SHOWN = 12                                        # hex digits of the digest printed for a reader
+
+
+def source_digest(package: Path | None = None) -> str:
+    """SHA-256 over every ``.py`` file of the package (relative path and bytes, in sorted order).
+
+    Any change of the code, a comment included, changes it; ``package`` defaults to the installed
+    ``mmcourse`` folder (a copy elsewhere can be hashed to compare).
+    """
+    package = Path(package) if package is not None else Path(__file__).resolve().parent
+    if not package.is_dir():
+        raise FileNotFoundError(f"package folder {package} does not exist")
+    h = hashlib.sha256()
+    for path in sorted(package.rglob("*.py")):
+        if "__pycache__" in path.parts:
+            continue
+        h.update(path.relative_to(package).as_posix().encode("utf-8") + b"\0")
+        h.update(path.read_bytes() + b"\0")
+    return h.hexdigest()
 
 
 @dataclass
@@ -29,6 +57,7 @@ class Results:
     profile: str
     device: str = field(default_factory=lambda: str(get_device()))
     figures: list[Figure] = field(default_factory=list)
+    digest: str = field(default_factory=source_digest)
 
     def record(self, name: str, value, target: str | None = None, held: bool | None = None) -> None:
         """Add (or replace) a figure; a target needs ``held`` and vice versa."""
@@ -46,6 +75,37 @@ class Results:
         else:
             self.figures.append(figure)
 
+    def check(self, name: str, value, *, at_least: float | None = None, at_most: float | None = None,
+              why: str = "", loose: tuple[float | None, float | None]) -> bool:
+        """Record ``value`` with its target, assert the target in a strict profile and the loose bound always.
+
+        ``at_least`` / ``at_most`` is the target, fixed before the run (``why`` says where it comes from, e.g.
+        ``"Bayes 0.812 - 3 SE"``); ``loose = (low, high)`` (either may be None, not both) is what can be asserted
+        at any size, the ``smoke`` profile's included: direction and loose bounds. Returns whether the
+        target held.
+        """
+        if at_least is None and at_most is None:
+            raise ValueError(f"figure {name!r}: give at_least, at_most or both")
+        low, high = loose
+        if low is None and high is None:
+            raise ValueError(f"figure {name!r}: loose bound (None, None) asserts nothing; give a low or a high")
+        v = value.item() if hasattr(value, "item") else value
+        held = (at_least is None or v >= at_least) and (at_most is None or v <= at_most)
+        target = " and ".join(t for t in (at_least is not None and f">= {at_least:.4g}",
+                                          at_most is not None and f"<= {at_most:.4g}") if t)
+        self.record(name, v, target=f"{target} ({why})" if why else target, held=held)
+        if get_profile(self.profile).strict and not held:
+            raise AssertionError(f"{self.notebook}: {name} = {v:.4g} misses its target {target}"
+                                 + (f" ({why})" if why else ""))
+        if (low is not None and v < low) or (high is not None and v > high):
+            raise AssertionError(f"{self.notebook}: {name} = {v:.4g} is outside its loose bound [{low}, {high}]")
+        return held
+
+    def finish(self, folder: Path | None = None) -> "Finished":
+        """Save the JSON and return what the notebook's last cell shows: the table and the code's digest."""
+        self.save(folder)
+        return Finished(self)
+
     def save(self, folder: Path | None = None) -> Path:
         """Write the JSON atomically (temporary file, then rename)."""
         folder = Path(folder) if folder is not None else build_dir("results")
@@ -57,6 +117,47 @@ class Results:
     def table(self) -> str:
         """The figures as a Markdown table (notebooks display it)."""
         return figures_table([asdict(f) for f in self.figures])
+
+
+class Finished:
+    """A notebook's closing display: its figures, the profile and the ``mmcourse`` digest it ran with.
+
+    Jupyter shows the Markdown; the same output carries the record as :data:`RESULTS_MIME`, which
+    :func:`committed_run_problems` reads back from the committed notebook.
+    """
+
+    def __init__(self, results: Results):
+        self.record = asdict(results)
+
+    def _repr_markdown_(self) -> str:
+        r = self.record
+        return (f"{figures_table(r['figures'])}\n\n{r['notebook']}: profile {r['profile']}, device {r['device']}; "
+                f"mmcourse sources sha256 {r['digest'][:DIGEST_SHOWN]}")
+
+    def _repr_mimebundle_(self, include=None, exclude=None) -> dict:
+        return {"text/markdown": self._repr_markdown_(), "text/plain": self._repr_markdown_(), RESULTS_MIME: self.record}
+
+
+def committed_run_problems(notebook: Path, digest: str | None = None, profile: str = "default") -> list[str]:
+    """What is wrong with a committed notebook's run: [] when it is of the current code, in ``profile``,
+    with every recorded target met; otherwise one sentence per problem, naming the notebook."""
+    notebook = Path(notebook)
+    digest = digest if digest is not None else source_digest()
+    nb = json.loads(notebook.read_text(encoding="utf-8"))
+    records = [o["data"][RESULTS_MIME] for c in nb.get("cells", []) if c.get("cell_type") == "code"
+               for o in c.get("outputs", []) if RESULTS_MIME in o.get("data", {})]
+    if len(records) != 1:
+        return [f"{notebook.name}: {len(records)} results outputs (expected one, from Results.finish())"]
+    r = records[0]
+    problems = []
+    if r.get("digest") != digest:
+        problems.append(f"{notebook.name}: ran with mmcourse {str(r.get('digest'))[:DIGEST_SHOWN]}, the package is now "
+                        f"{digest[:DIGEST_SHOWN]}: re-execute it (make execute)")
+    if r.get("profile") != profile:
+        problems.append(f"{notebook.name}: committed run is of the {r.get('profile')!r} profile, not {profile!r}")
+    problems += [f"{notebook.name}: target missed: {f['name']} = {f['value']} (target {f['target']})"
+                 for f in r.get("figures", []) if f.get("held") is False]
+    return problems
 
 
 def format_value(value) -> str:

@@ -138,7 +138,7 @@ def run_python(code: str, timeout: float = 120.0) -> subprocess.CompletedProcess
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout)
 
 
-# --- chapter 09 ---
+# --- chapter 10 ---
 # The rest of the device policy: what runs compiled, in which memory layout, and how much memory it took.
 
 COMPILE_MODES = ("auto", "on", "off")

@@ -116,3 +116,12 @@ def test_a_real_course_notebook_takes_the_injected_profile(tmp_path, kernel_env,
     executed = nbformat.read(tmp_path / welcome.name, as_version=4)
     injected = [c for c in executed.cells if "injected-parameters" in c.metadata.get("tags", [])]
     assert len(injected) == 1 and "SEED = 3" in injected[0].source
+
+
+def test_verify_fails_on_a_recorded_miss_that_a_plain_run_reports(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(course, "notebooks", lambda: [tmp_path / "01_data.ipynb"])
+    monkeypatch.setattr(course, "run_notebook", lambda path, profile, seed, out: dict(ENTRIES[0]))
+    monkeypatch.setattr(course, "build_dir", lambda *parts: tmp_path.joinpath(*parts))
+    assert course.main(["--profile", "smoke"]) == 0
+    assert course.main(["--profile", "smoke", "--verify"]) == 1
+    assert "target missed: 01_data: probe" in capsys.readouterr().err

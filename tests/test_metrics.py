@@ -232,3 +232,16 @@ def test_linear_probe_uses_few_labels_and_checks_shapes():
     assert linear_probe_accuracy(x[:300], y[:300], x[300:], y[300:], per_class=5) == 1.0
     with pytest.raises(ValueError, match=r"expected train_x \(N, D\), train_y \(N,\)"):
         linear_probe_accuracy(x[:300], y[:200], x[300:], y[300:])
+
+
+def test_accuracy_se_and_the_bayes_floor():
+    from mmcourse.metrics import accuracy_se, bayes_floor
+    assert accuracy_se(0.5, 100) == pytest.approx(0.05)
+    assert accuracy_se(1.0, 10) == 0.0
+    assert bayes_floor(0.9, 900, margin=0.02) == pytest.approx(0.9 - 0.02 - 3 * 0.01)
+    with pytest.raises(ValueError, match="p must be an accuracy"):
+        accuracy_se(1.2, 10)
+    with pytest.raises(ValueError, match="n must be"):
+        accuracy_se(0.5, 0)
+    with pytest.raises(ValueError, match="margin must be >= 0"):
+        bayes_floor(0.9, 100, margin=-0.1)

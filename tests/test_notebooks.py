@@ -8,6 +8,7 @@ import pytest
 from nbval.plugin import get_sanitize_patterns
 
 from mmcourse.course import notebooks
+from mmcourse.report import committed_run_problems
 from mmcourse.utils import project_root
 
 NOTEBOOKS = notebooks()
@@ -57,3 +58,10 @@ def test_committed_notebook_carries_a_clean_default_run(path):
     assert not errors, f"committed error output: {errors[0].get('ename')}"
     printed = "".join(o.get("text", "") for c in code for o in c.outputs if o.output_type == "stream")
     assert re.search(r"profile: default\b", printed), "committed outputs must come from the default profile"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_committed_run_is_of_the_current_code_with_every_target_met(path):
+    """Changing mmcourse means re-executing the notebooks (make execute); a missed target fails here too."""
+    problems = committed_run_problems(path)
+    assert not problems, "\n".join(problems)

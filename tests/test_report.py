@@ -128,3 +128,87 @@ def test_saved_file_has_the_usual_permissions(tmp_path):
     finally:
         os.umask(umask)
     assert path.stat().st_mode & 0o777 == 0o644  # mkstemp alone would give 0o600
+
+
+# --- targets checked by profile, the closing display, the digest of the code a run used ---
+
+from mmcourse.report import RESULTS_MIME, committed_run_problems, source_digest  # noqa: E402
+
+
+def test_check_asserts_the_target_in_a_strict_profile():
+    r = Results("05_fusion", "default", device="cpu")
+    assert r.check("acc", 0.91, at_least=0.9, why="Bayes 0.93 - 3 SE", loose=(0.1, None)) is True
+    with pytest.raises(AssertionError, match=r"acc2 = 0.85 misses its target >= 0.9 \(Bayes"):
+        r.check("acc2", 0.85, at_least=0.9, why="Bayes 0.93 - 3 SE", loose=(0.1, None))
+    assert r.figures[0].target == ">= 0.9 (Bayes 0.93 - 3 SE)" and r.figures[0].held is True
+
+
+def test_check_in_smoke_records_a_miss_but_asserts_only_the_loose_bound():
+    r = Results("05_fusion", "smoke", device="cpu")
+    assert r.check("acc", 0.5, at_least=0.9, loose=(0.2, None)) is False
+    assert r.figures[-1].held is False
+    with pytest.raises(AssertionError, match=r"acc = 0.1 is outside its loose bound \[0.2, None\]"):
+        r.check("acc", 0.1, at_least=0.9, loose=(0.2, None))
+    with pytest.raises(AssertionError, match="outside its loose bound"):
+        r.check("gap", 0.7, at_most=0.05, loose=(None, 0.5))
+
+
+@pytest.mark.parametrize("kwargs, match", [({"loose": (0.1, None)}, "give at_least, at_most"),
+                                           ({"at_least": 0.5, "loose": (None, None)}, "asserts nothing")])
+def test_check_needs_a_target_and_a_loose_bound(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        Results("x", "smoke", device="cpu").check("acc", 0.5, **kwargs)
+
+
+def test_check_states_both_sides_of_a_range():
+    r = Results("x", "default", device="cpu")
+    r.check("ratio", 1.0, at_least=0.8, at_most=1.25, loose=(0.0, None))
+    assert r.figures[0].target == ">= 0.8 and <= 1.25"
+
+
+def test_digest_changes_with_any_source_byte_and_ignores_caches(tmp_path):
+    import shutil
+
+    import mmcourse
+    from pathlib import Path
+    copy = tmp_path / "mmcourse"
+    shutil.copytree(Path(mmcourse.__file__).parent, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    assert source_digest(copy) == source_digest()
+    (copy / "__pycache__").mkdir(exist_ok=True)
+    (copy / "__pycache__" / "x.py").write_text("junk")
+    assert source_digest(copy) == source_digest()
+    with open(copy / "metrics.py", "a", encoding="utf-8") as f:
+        f.write("# a comment\n")
+    assert source_digest(copy) != source_digest()
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        source_digest(tmp_path / "nowhere")
+
+
+def _committed(tmp_path, record: dict | None, name="05_fusion.ipynb"):
+    outputs = [] if record is None else [{"output_type": "display_data", "metadata": {},
+                                          "data": {"text/markdown": "t", RESULTS_MIME: record}}]
+    nb = {"cells": [{"cell_type": "code", "source": "", "metadata": {}, "outputs": outputs, "execution_count": 1}]}
+    path = tmp_path / name
+    path.write_text(json.dumps(nb), encoding="utf-8")
+    return path
+
+
+def test_a_finished_run_reads_back_clean_from_the_notebook(tmp_path):
+    r = _results()
+    r.profile = "default"
+    r.figures = [f for f in r.figures if f.held is not False]
+    bundle = r.finish(tmp_path)._repr_mimebundle_()
+    assert bundle[RESULTS_MIME]["digest"] == source_digest()
+    assert source_digest()[:12] in bundle["text/markdown"]
+    assert committed_run_problems(_committed(tmp_path, bundle[RESULTS_MIME])) == []
+
+
+def test_committed_run_fails_on_a_changed_package_a_missed_target_a_smoke_run_or_no_record(tmp_path):
+    r = _results()   # its "probe shape" target was missed
+    record = r.finish(tmp_path)._repr_mimebundle_()[RESULTS_MIME]
+    problems = committed_run_problems(_committed(tmp_path, record), digest="0" * 64)
+    assert any("ran with mmcourse" in p and "re-execute" in p for p in problems)
+    assert any("target missed: probe shape = 0.98 (target >= 0.99)" in p for p in problems)
+    assert any("'smoke' profile" in p for p in problems)
+    assert committed_run_problems(_committed(tmp_path, None)) == [
+        "05_fusion.ipynb: 0 results outputs (expected one, from Results.finish())"]

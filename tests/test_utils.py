@@ -123,7 +123,7 @@ def test_atomic_write_replaces_whole_or_not_at_all(tmp_path):
     assert [p.name for p in path.parent.iterdir()] == ["f.bin"]
 
 
-# --- chapter 09 ---
+# --- chapter 10 ---
 
 def _bn_net():
     return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Flatten())
