@@ -16,7 +16,7 @@ GLOSSARY: tuple[tuple[str, str, str], ...] = (
     ("任务适配", "task adaptation (stage 3)", "08"),
     ("微调", "fine-tuning", "08"),
     ("跨模态模型", "cross-modal model", "02"),
-    ("推理", "inference", "09"),
+    ("推理", "inference", "10"),
     ("损失函数", "loss function", "03"),
     ("任务损失", "task loss", "03"),
     ("正则化", "regularisation", "03"),
