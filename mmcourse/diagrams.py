@@ -522,7 +522,7 @@ def _towers(t: Trace, pair: tuple[str, str]) -> tuple[dict, list]:
 
 
 def draw_contrastive(model: nn.Module, inputs: Mapping[str, torch.Tensor], pair: tuple[str, str] | None = None,
-                     title: str | None = None):
+                     labels: torch.Tensor | None = None, title: str | None = None):
     """Contrastive alignment of one pair: two towers, the B×B similarity matrix, the symmetric cross-entropy.
 
     Traces ``model`` (a :class:`mmcourse.pretrain.ContrastiveModel`) on ``inputs`` and computes
@@ -532,10 +532,15 @@ def draw_contrastive(model: nn.Module, inputs: Mapping[str, torch.Tensor], pair:
         model: e.g. ``make_contrastive_model()``.
         inputs: a batch dict with the pair's modalities, e.g. ``batch[0]`` of ``make_loader``.
         pair: (a, b), one of ``model.pairs`` (default: the first).
+        labels: optional (B,) class of each scene: off-diagonal pairs of the same class are marked too,
+            since the loss counts them as negatives although they may match.
         title: default: the pair, B and the loss against its value at chance, log B.
     """
     pair = tuple(pair or model.pairs[0])
     logits, loss = _similarity(model, inputs, pair)
+    n = len(logits)
+    if labels is not None and tuple(labels.shape) != (n,):
+        raise ValueError(f"labels must be (B,) = ({n},), one class per scene, got shape {tuple(labels.shape)}")
     t = trace(model, dict(inputs), names=[f"{part}.{m}" for m in pair
                                                            for part in ("encoders", "projections")])
     fig, (ax, hm) = plt.subplots(1, 2, figsize=(15, 3.8), gridspec_kw={"width_ratios": [3.4, 1]})
@@ -544,11 +549,16 @@ def draw_contrastive(model: nn.Module, inputs: Mapping[str, torch.Tensor], pair:
     boxes["loss"] = Box("symmetric cross-entropy", (5.3 * TOWER_STEP, 0.0),
                         f"(CE over rows + CE over columns) / 2\n= {loss:.3f}", "op")
     arrows.append(("sim", "loss", format_shape(logits.shape, t.batch, (0, 1))))
-    n = len(logits)
     render(ax, boxes, arrows, f"{pair[0]} and {pair[1]} towers, shapes traced")
     im = hm.imshow(logits.float().cpu().numpy(), cmap="viridis")
     hm.scatter(np.arange(n), np.arange(n), marker="s", s=max(4.0, 900 / n), facecolors="none",
                edgecolors="red", linewidths=1.0, label="positive pairs (diagonal)")
+    if labels is not None:
+        labels = labels.cpu()
+        same = (labels[:, None] == labels[None, :]) & ~torch.eye(n, dtype=torch.bool)      # (B, B)
+        i, j = same.nonzero(as_tuple=True)
+        hm.scatter(j.numpy(), i.numpy(), marker="o", s=max(2.0, 120 / n), color="white",
+                   label=f"same class, counted as negatives ({len(i)})")
     hm.set_xlabel(f"{pair[1]} j")
     hm.set_ylabel(f"{pair[0]} i")
     hm.set_title(f"logits {format_shape(logits.shape, t.batch, (0, 1))}, B = {n}", fontsize=9)

@@ -190,6 +190,16 @@ def test_draw_contrastive_traces_both_towers_and_draws_the_b_by_b_matrix():
         draw_contrastive(model, inputs, pair=("text", "image"))
 
 
+def test_draw_contrastive_marks_same_class_pairs_off_the_diagonal():
+    model = make_contrastive_model(embed_dim=8, audio=None, dim=16)
+    inputs = {"image": torch.rand(4, 3, 16, 16), "text": torch.randint(2, 20, (4, 6))}
+    fig = draw_contrastive(model, inputs, labels=torch.tensor([0, 1, 0, 0]))
+    same = fig.axes[1].collections[1].get_offsets()
+    assert sorted(map(tuple, same.tolist())) == [(0, 2), (0, 3), (2, 0), (2, 3), (3, 0), (3, 2)]
+    with pytest.raises(ValueError, match=r"labels must be \(B,\) = \(4,\)"):
+        draw_contrastive(model, inputs, labels=torch.zeros(3))
+
+
 def test_draw_training_stages_in_order_with_chapters():
     fig = draw_training_stages()
     heads = [t.split("\n")[0] for t in _texts(fig) if t.startswith("stage")]
