@@ -339,7 +339,7 @@ def draw_encoder(encoder: nn.Module, example: torch.Tensor, title: str | None = 
         names: the parts to draw (dotted submodule names, see :func:`trace`); default: its children.
     """
     t = _encoder_trace(encoder, example, names)
-    fig, ax = plt.subplots(figsize=(2.0 * (len(t.calls) + 2.5), 1.8))
+    fig, ax = plt.subplots(figsize=(2.4 * (len(t.calls) + 2.5), 1.8))
     title = title or (f"{type(encoder).__name__} ({_count(count_parameters(encoder))} parameters): "
                       f"{t.label(t.inputs)} \u2192 {t.label(t.outputs)}")
     _encoder_chain(ax, encoder, t, title)
@@ -454,7 +454,7 @@ def draw_fusion(fusion: nn.Module, features: Mapping[str, torch.Tensor], title: 
     """
     if not isinstance(features, Mapping) or not features:
         raise ValueError("features must be a non-empty dict {modality: (B, D_m) tensor}")
-    fig, ax = plt.subplots(figsize=(11, 1.2 + 0.9 * len(features)))
+    fig, ax = plt.subplots(figsize=(13, 1.2 + 0.9 * len(features)))
     t = trace(fusion, dict(features))
     _fusion_diagram(ax, fusion, features, title or f"{type(fusion).__name__} "
                     f"({_count(count_parameters(fusion))} parameters): {t.label(t.inputs)} \u2192 {t.label(t.outputs)}")
