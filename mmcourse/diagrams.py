@@ -361,7 +361,7 @@ def draw_encoder_families(examples: Mapping[str, tuple[nn.Module, torch.Tensor]]
                        f"{_count(count_parameters(encoder))} parameters")
     fig.suptitle(title or "Encoder families: each turns its modality into one feature vector per sample",
                  fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.96))   # room for the suptitle
     return fig
 
 
@@ -477,7 +477,7 @@ def draw_fusion_families(fusions: Mapping[str, nn.Module], features: Mapping[str
     for ax in axes.flat[len(fusions):]:
         ax.axis("off")
     fig.suptitle(title or "Fusion methods: how each combines the modalities' feature vectors", fontsize=11)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.96))   # room for the suptitle
     return fig
 
 
@@ -566,7 +566,7 @@ def draw_contrastive(model: nn.Module, inputs: Mapping[str, torch.Tensor], pair:
     fig.colorbar(im, ax=hm, fraction=0.046)
     fig.suptitle(title or f"Contrastive alignment of {pair[0]} and {pair[1]}: loss {loss:.3f} on B = {n} pairs "
                  f"(log B = {np.log(n):.3f} when every pair scores alike)", fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.96))   # room for the suptitle
     return fig
 
 
