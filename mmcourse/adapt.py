@@ -9,7 +9,11 @@ alternatives that grew out of it, all working in place on any ``nn.Module``
 - ``top_layers``: the head plus the last layer of each encoder;
 - ``full``: every parameter (full fine-tuning);
 - ``lora``: low-rank updates ``W + (alpha / r) B A`` of frozen weights (Hu et al. 2021);
-- ``adapters``: bottleneck MLPs with a residual after frozen modules (Houlsby et al. 2019);
+- ``adapters``: bottleneck adapters (Houlsby et al. 2019's module: down-projection, nonlinearity,
+  up-projection, residual) on the output of frozen modules; by default one after each encoder of the
+  backbone. Houlsby et al. place two inside every Transformer layer (after the attention and after the
+  feed-forward sub-layer, before each residual add); :func:`add_adapters` puts one after whichever
+  submodules it is given, so that placement is ``targets`` naming those sub-layers;
 - ``prompt``: learnable prompt tokens prepended to a frozen Transformer's input (Lester et al. 2021).
 
 LoRA's B, the adapters' up-projection start at zero, so every method starts from
@@ -18,7 +22,10 @@ Everything a method adds is created on the device and in the dtype of the parame
 adapts, so a model on a GPU (or in float64) is adapted where it is.
 
 Also here: the downstream task's data (:func:`downstream_data`, label rule
-``size_and_material``), :func:`few_shot` subsets, and :func:`make_downstream_model`.
+``size_and_material``), :func:`few_shot` subsets, :func:`make_downstream_model`, and two training
+recipes: :func:`train_adapted` (a fresh downstream model, prepared and trained; chapter 08) and
+:func:`fine_tune_classifier` (a prepared encoder + head with a separate learning rate for the head;
+chapter 09's MiniLM).
 
 Shape letters: B batch, L tokens, P prompt tokens, D width, r rank.
 """
@@ -26,6 +33,7 @@ from __future__ import annotations
 
 import copy
 import math
+import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Mapping, Sequence
@@ -37,11 +45,12 @@ from torch.nn.utils import parametrize
 
 from .checks import check_int
 from .config import METHODS, Profile, get_profile, stage3_config
-from .data.dataset import MultimodalDataset, Split, make_splits, subset
+from .data.dataset import MultimodalDataset, Split, make_loader, make_splits, subset
 from .data.world import SIZE_AND_MATERIAL, World, WorldConfig
 from .fusion import FusionModel, make_fusion
 from .models import count_parameters
 from .pretrain import make_contrastive_model
+from .training import TrainConfig, classification_loss, train
 
 LORA_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d)
 PROMPT_INIT_STD = 0.02     # prompt tokens start small and random, like token embeddings
@@ -197,6 +206,10 @@ class Adapter(nn.Module):
 class Adapted(nn.Module):
     """A module followed by an :class:`Adapter` on its output (on ``output[0]`` when it returns a tuple).
 
+    The adapter sits after the whole module: wrapping an encoder adapts its output features; wrapping
+    a Transformer layer's attention or feed-forward sub-layer gives Houlsby et al.'s placement only
+    when that sub-layer's output is added to the residual after the wrapper.
+
     Attributes of the wrapped module that code commonly reads (``out_dim``, ``modality``) are copied.
     """
 
@@ -235,7 +248,7 @@ def _replace(root: nn.Module, name: str, new: nn.Module) -> None:
 
 def add_adapters(module: nn.Module, targets: Sequence[str], bottleneck: int = 16,
                  dims: Mapping[str, int] | None = None) -> list[str]:
-    """Put an :class:`Adapter` after each target submodule (it becomes ``Adapted(inner, adapter)``).
+    """Put an :class:`Adapter` on the output of each target submodule (it becomes ``Adapted(inner, adapter)``).
 
     Args:
         module: any model (adapted in place).
@@ -505,3 +518,63 @@ def make_downstream_model(stage1: nn.Module | None, num_classes: int, fusion: st
     model.fusion.to(**place)
     model.head.to(**place)
     return model
+
+
+# ----------------------------------------------------------------------------- training recipes
+
+def train_adapted(stage1: nn.Module | None, method: str, train_set: MultimodalDataset, steps: int, *, lr: float,
+                  batch_size: int, device, seed: int = 0, **options) -> tuple[FusionModel, AdaptReport, float]:
+    """A fresh downstream model on ``stage1``'s encoders, prepared for ``method`` and trained ``steps`` steps.
+
+    The recipe of chapter 08: Adam with a warm-up over the first tenth of the steps and cosine decay
+    (:class:`~mmcourse.training.TrainConfig`), plain cross-entropy
+    (:func:`~mmcourse.training.classification_loss`), batches of ``min(batch_size, len(train_set))``.
+
+    Args:
+        stage1: a model with an ``encoders`` ModuleDict (copied), or None for fresh encoders.
+        method: one of :data:`METHODS`, or ``"scratch"``: fresh encoders (``stage1`` ignored), ``full``.
+        train_set: the labelled scenes (the downstream classes).
+        steps: optimizer steps.
+        lr, batch_size: peak learning rate, scenes per step.
+        device: where the model trains.
+        seed: seeds torch's global generator (the new layers, then what ``prepare`` adds) and the shuffle.
+        options: passed to :func:`prepare` (``rank``, ``bottleneck``, ...).
+
+    Returns:
+        (the trained model in eval mode, what :func:`prepare` reported, training seconds).
+    """
+    check_int(steps, "steps")
+    scratch = method == "scratch"
+    torch.manual_seed(seed)
+    model = make_downstream_model(None if scratch else stage1, len(train_set.class_names)).to(device)
+    report = prepare(model, "full" if scratch else method, **options)
+    loader = make_loader(train_set, min(batch_size, len(train_set)), shuffle=True, seed=seed)
+    config = TrainConfig(epochs=10**6, max_steps=steps, lr=lr, warmup_steps=steps // 10, progress=False)
+    start = time.perf_counter()
+    train(model, classification_loss, loader, config, device)
+    return model.eval(), report, time.perf_counter() - start
+
+
+def fine_tune_classifier(model: nn.Module, train_set: MultimodalDataset, steps: int, *, lr: float, head_lr: float,
+                         batch_size: int, device, seed: int = 0) -> float:
+    """Train a prepared ``encoder`` + ``head`` classifier (e.g. a UnimodalClassifier) in place; return seconds.
+
+    The encoder's trainable parameters (those :func:`prepare` left trainable) learn at ``lr``, the new
+    head at ``head_lr`` (a new layer can take larger steps than pretrained weights); Adam, warm-up over
+    the first tenth of the steps, cosine decay, cross-entropy.
+
+    Raises:
+        TypeError: if ``model`` has no ``encoder`` and ``head`` submodules.
+    """
+    check_int(steps, "steps")
+    if not isinstance(getattr(model, "encoder", None), nn.Module) or not isinstance(getattr(model, "head", None),
+                                                                                    nn.Module):
+        raise TypeError(f"model must have .encoder and .head modules, got {type(model).__name__}")
+    body = [p for p in model.encoder.parameters() if p.requires_grad]
+    groups = ([{"params": body, "lr": lr}] if body else []) + [{"params": list(model.head.parameters()),
+                                                                 "lr": head_lr}]
+    config = TrainConfig(epochs=10**6, max_steps=steps, lr=lr, warmup_steps=steps // 10, progress=False)
+    loader = make_loader(train_set, batch_size, shuffle=True, seed=seed)
+    start = time.perf_counter()
+    train(model, classification_loss, loader, config, device, optimizer=torch.optim.Adam(groups))
+    return time.perf_counter() - start

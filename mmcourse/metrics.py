@@ -177,7 +177,7 @@ def linear_probe_accuracy(train_x, train_y, test_x, test_y, per_class: int | Non
     """Test accuracy of a logistic-regression probe on frozen features, optionally from few labels.
 
     A measurement of what features make linearly available (chapter 06 scores pretrained
-    encoders with it, chapter 07 each encoder of a joint model, chapter 08 MiniLM), not a
+    encoders with it, chapter 07 each encoder of a joint model, chapter 09 MiniLM), not a
     way to adapt a model: ``mmcourse.adapt``'s ``linear_probe`` method trains a head by
     gradient descent instead.
 

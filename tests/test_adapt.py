@@ -7,12 +7,12 @@ import torch
 from torch import nn
 
 from mmcourse.adapt import (Adapted, Adapter, PromptTuning, add_adapters, add_lora, add_prompts,
-                            downstream_data, downstream_world, few_shot, last_layers, lora_parameters,
-                            make_downstream_model, merge_lora, prepare)
+                            downstream_data, downstream_world, few_shot, fine_tune_classifier, last_layers,
+                            lora_parameters, make_downstream_model, merge_lora, prepare, train_adapted)
 from mmcourse.config import METHODS, stage3_config
 from mmcourse.data import bayes_table, generate, make_loader
 from mmcourse.data.world import SIZE_AND_MATERIAL
-from mmcourse.encoders import TransformerTextEncoder
+from mmcourse.encoders import MeanPoolTextEncoder, TransformerTextEncoder, UnimodalClassifier
 from mmcourse.models import count_parameters
 from mmcourse.pretrain import make_contrastive_model
 from mmcourse.training import TrainConfig, train
@@ -373,3 +373,56 @@ def test_few_shot_takes_exactly_k_per_class_nested_and_seeded():
         few_shot(data, 400)
     with pytest.raises(ValueError, match="per_class must be a positive int"):
         few_shot(data, 0)
+
+
+# ----------------------------------------------------------------------------- training recipes
+
+def _loss_on(model, dataset):
+    inputs, labels = next(iter(make_loader(dataset, len(dataset))))
+    with torch.no_grad():
+        return nn.functional.cross_entropy(model.eval()(inputs), labels).item()
+
+
+def test_train_adapted_trains_what_prepare_chose_and_the_loss_falls():
+    data = generate(downstream_world("smoke"), 96, seed=4)
+    stage1 = make_contrastive_model()
+    torch.manual_seed(0)                                      # train_adapted's seed: the same fresh head
+    before = _loss_on(make_downstream_model(stage1, 8), data)
+    model, report, seconds = train_adapted(stage1, "top_layers", data, 30, lr=1e-2, batch_size=32, device="cpu")
+    assert report.method == "top_layers" and report.trainable < report.total and seconds > 0
+    assert not model.training and _loss_on(model, data) < 0.8 * before
+    frozen = dict(stage1.encoders.named_parameters())
+    for name, p in model.encoders.named_parameters():   # outside the top layers the stage-1 weights are untouched
+        if not p.requires_grad:
+            assert torch.equal(p, frozen[name]), name
+    again, _, _ = train_adapted(stage1, "top_layers", data, 30, lr=1e-2, batch_size=32, device="cpu")
+    assert torch.equal(model.head.weight, again.head.weight)                     # same seed, same run
+
+
+def test_train_adapted_scratch_ignores_stage1_and_trains_everything():
+    data = generate(downstream_world("smoke"), 32, seed=5)
+    model, report, _ = train_adapted(make_contrastive_model(), "scratch", data, 2, lr=1e-3, batch_size=64,
+                                     device="cpu")
+    assert report.method == "full" and report.trainable == report.total
+    with pytest.raises(ValueError, match="unknown method 'probe'"):
+        train_adapted(None, "probe", data, 2, lr=1e-3, batch_size=8, device="cpu")
+    with pytest.raises(ValueError, match="steps must be a positive int"):
+        train_adapted(None, "full", data, 0, lr=1e-3, batch_size=8, device="cpu")
+
+
+def test_fine_tune_classifier_uses_the_head_learning_rate_and_keeps_frozen_weights():
+    data = generate(downstream_world("smoke"), 64, seed=6)
+    torch.manual_seed(0)
+    model = UnimodalClassifier(MeanPoolTextEncoder(), 8)
+    prepare(model, "linear_probe", backbone="encoder")
+    encoder_before = copy.deepcopy(model.encoder.state_dict())
+    start_loss = _loss_on(model, data)
+    assert fine_tune_classifier(model, data, 40, lr=1e-4, head_lr=3e-2, batch_size=32, device="cpu") > 0
+    assert all(torch.equal(v, model.encoder.state_dict()[k]) for k, v in encoder_before.items())
+    assert _loss_on(model, data) < 0.9 * start_loss                 # the head learned at its own, larger rate
+    slow = UnimodalClassifier(MeanPoolTextEncoder(), 8)
+    prepare(slow, "linear_probe", backbone="encoder")
+    fine_tune_classifier(slow, data, 40, lr=1e-4, head_lr=1e-6, batch_size=32, device="cpu")
+    assert _loss_on(slow, data) > _loss_on(model, data)
+    with pytest.raises(TypeError, match="must have .encoder and .head"):
+        fine_tune_classifier(nn.Linear(2, 2), data, 1, lr=1e-3, head_lr=1e-3, batch_size=8, device="cpu")

@@ -12,8 +12,8 @@ from mmcourse.encoders import (CNNImageEncoder, ConvTextEncoder, MeanPoolTextEnc
                                TransformerTextEncoder)
 from mmcourse.metrics import classification_report
 from mmcourse.tagging import (IGNORE_INDEX, GroundedTagger, TaggingDataset, WordLookupTagger, entity_report,
-                              entity_scores, entity_spans, gold_tags, predict_tags, side_by_side, tag_ids,
-                              tagging_loss, token_report)
+                              entity_scores, entity_spans, fit_tagger, gold_tags, predict_tags, side_by_side,
+                              tag_ids, tagger_scores, tagging_loss, token_report)
 from mmcourse.training import TrainConfig, train
 
 
@@ -301,3 +301,23 @@ def test_word_lookup_tagger_ignores_context(small_dataset):
     assert with_o > without_o                              # counting O flatters it
     with pytest.raises(TypeError, match="MultimodalDataset"):
         WordLookupTagger.fit([1])
+
+
+def test_tagger_scores_of_an_all_o_tagger_and_a_perfect_one(tiny):
+    gold = gold_tags(tiny)
+    all_o = tagger_scores([["O"] * len(s) for s in gold], gold)
+    o_share = np.mean([t == "O" for s in gold for t in s])
+    assert all_o["token micro-F1 with O"] == pytest.approx(o_share)
+    assert all_o["token micro-F1 (B-/I- only)"] == 0 and all_o["entity F1"] == 0
+    assert tagger_scores(gold, gold) == {"token micro-F1 with O": 1.0, "token micro-F1 (B-/I- only)": 1.0,
+                                         "entity F1": 1.0}
+
+
+def test_fit_tagger_with_and_without_the_image(tiny):
+    image = MLPImageEncoder()
+    model, history = fit_tagger(tiny, image, epochs=2, batch_size=50, lr=1e-2, device="cpu", dim=16)
+    assert model.image_encoder is image and not any(p.requires_grad for p in image.parameters())
+    assert history.train_loss[-1] < history.train_loss[0]
+    text_only, _ = fit_tagger(tiny, None, epochs=1, batch_size=50, lr=1e-2, device="cpu", dim=16)
+    assert text_only.image_encoder is None and text_only.text_encoder.out_dim == 16
+    assert len(predict_tags(text_only, tiny, "cpu")) == len(tiny)

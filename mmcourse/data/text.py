@@ -23,7 +23,7 @@ from .world import ATTRIBUTES, Scenes
 PAD, UNK = "<pad>", "<unk>"
 PAD_ID, UNK_ID = 0, 1
 
-# Entity type of each attribute (the tag set of chapter 08's tagger).
+# Entity type of each attribute (the tag set of chapter 09's tagger).
 ENTITY_TYPES = {"colour": "COLOR", "shape": "SHAPE", "size": "SIZE", "position": "POS", "material": "MATERIAL"}
 TAGS: tuple[str, ...] = ("O",) + tuple(f"{p}-{t}" for t in ENTITY_TYPES.values() for p in ("B", "I"))
 
