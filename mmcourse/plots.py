@@ -123,8 +123,8 @@ _MAP_LAYOUT = {
     "joint training": ((3.0, 1.6), "07"),
     "task adaptation": ((4.5, 1.6), "08"),
     "pretraining": ((2.25, 0.2), "06"),
-    "cross-modal model": ((6.0, 1.0), "02, 09"),
-    "inference": ((7.5, 1.0), "09+"),
+    "cross-modal model": ((6.0, 1.0), "02, 10"),
+    "inference": ((7.5, 1.0), "10"),
 }
 
 
