@@ -1,7 +1,9 @@
 """Inference on raw inputs: caption strings, image arrays and waveforms in, class names out.
 
 :func:`predict` classifies raw inputs with any modality missing, and rejects
-malformed inputs with errors that name the argument. What the inputs must look like
+malformed inputs with errors that name the argument; :func:`raw_inputs` turns scenes of a
+dataset back into such inputs, and :func:`accuracy_by_modalities` scores ``predict`` with
+only some modalities given. What the inputs must look like
 (image side, clip length, sample rate, class names) is an :class:`InputSpec`, which
 :func:`mmcourse.pipeline.run_pipeline` attaches to its models as ``model.input_spec``.
 
@@ -21,7 +23,7 @@ import torch
 from torch import nn
 
 from .checks import check_int
-from .data.text import Tokenizer
+from .data.text import WORLD_VOCAB, Tokenizer
 from .modality import MODALITIES
 from .utils import autocast, channels_last, to_device
 
@@ -218,3 +220,52 @@ def predict(model: nn.Module, *, captions=None, images=None, audio=None, device=
         model.train(was_training)
     probs = torch.cat(probs)
     return Prediction([spec.class_names[i] for i in probs.argmax(1).tolist()], probs, spec.class_names, present)
+
+
+# predict()'s argument for each modality
+RAW_ARGUMENT = {"audio": "audio", "image": "images", "text": "captions"}
+
+
+def raw_inputs(dataset, n: int) -> dict[str, object]:
+    """The first ``n`` scenes of a :class:`mmcourse.data.MultimodalDataset` as :func:`predict` takes them.
+
+    Returns:
+        ``{"captions": list of n str, "images": uint8 (n, 3, S, S) array, "audio": float32 (n, T) array}``.
+
+    Raises:
+        ValueError: if ``n`` is not in [1, len(dataset)].
+    """
+    check_int(n, "n")
+    if n > len(dataset):
+        raise ValueError(f"n must be at most len(dataset) = {len(dataset)}, got {n}")
+    return {"captions": WORLD_VOCAB.decode(dataset.text[:n].numpy()),      # list of str
+            "images": dataset.images[:n].numpy(),                           # uint8 (n, 3, S, S)
+            "audio": dataset.audio[:n].numpy()}                             # float32 (n, T)
+
+
+def accuracy_by_modalities(model: nn.Module, dataset, subsets: Sequence[tuple[str, ...]],
+                           n: int) -> dict[tuple[str, ...], float]:
+    """Accuracy of :func:`predict` on the first ``n`` scenes of ``dataset`` with only each subset's modalities given.
+
+    Args:
+        model: a model :func:`predict` accepts (``model.input_spec`` set).
+        dataset: a labelled :class:`mmcourse.data.MultimodalDataset` of the model's task.
+        subsets: tuples of names from ``MODALITIES``, e.g. ``[("audio", "image", "text"), ("audio",)]``.
+        n: how many scenes to score (the first ``n``).
+
+    Returns:
+        ``{subset: accuracy}``, in the order of ``subsets``.
+
+    Raises:
+        ValueError: for an empty subset or a name not in ``MODALITIES``.
+    """
+    for subset in subsets:
+        if not subset or any(m not in RAW_ARGUMENT for m in subset):
+            raise ValueError(f"each subset must be a non-empty tuple of names from {MODALITIES}, got {subset!r}")
+    raw, truth = raw_inputs(dataset, n), dataset.labels[:n]
+    out = {}
+    for subset in subsets:
+        given = {RAW_ARGUMENT[m]: raw[RAW_ARGUMENT[m]] for m in subset}
+        predicted = predict(model, **given).probs.argmax(1)                # (n,)
+        out[tuple(subset)] = float((predicted == truth).float().mean())
+    return out

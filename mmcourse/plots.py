@@ -9,7 +9,6 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from .data.render import SPECTROGRAM_HOP
-from .glossary import PIPELINE_EDGES
 from .metrics import as_numpy
 
 
@@ -112,37 +111,6 @@ def plot_history(history, bayes: dict[str, float] | None = None, title: str | No
     b.set_ylim(0, 1.02)
     b.set_title(title or "Dev accuracy against the Bayes limits", fontsize=9)
     b.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-    return fig
-
-
-# Node positions of the course map (x, y), chapter numbers beside the boxes.
-_MAP_LAYOUT = {
-    "multimodal data": ((0.0, 1.0), "01"),
-    "cross-modal fusion": ((1.5, 1.6), "03-05"),
-    "joint training": ((3.0, 1.6), "07"),
-    "task adaptation": ((4.5, 1.6), "08"),
-    "pretraining": ((2.25, 0.2), "06"),
-    "cross-modal model": ((6.0, 1.0), "02, 10"),
-    "inference": ((7.5, 1.0), "10"),
-}
-
-
-def plot_course_map():
-    """The article's pipeline (its §2 diagram) redrawn, with the chapters that teach each step."""
-    fig, ax = plt.subplots(figsize=(10, 3.2))
-    boxes = {}
-    for name, ((x, y), chapters) in _MAP_LAYOUT.items():
-        boxes[name] = ax.text(x, y, f"{name}\n(ch. {chapters})", ha="center", va="center", fontsize=8.5,
-                              bbox=dict(boxstyle="round,pad=0.5", fc="#e8f0fb", ec="#3a6ea5"))
-    for src, dst in PIPELINE_EDGES:  # arrows clipped at the box outlines
-        ax.annotate("", xy=_MAP_LAYOUT[dst][0], xytext=_MAP_LAYOUT[src][0],
-                    arrowprops=dict(arrowstyle="-|>", color="0.4", lw=1.2, shrinkA=3, shrinkB=3,
-                                    patchA=boxes[src].get_bbox_patch(), patchB=boxes[dst].get_bbox_patch()))
-    ax.set_xlim(-0.8, 8.3)
-    ax.set_ylim(-0.3, 2.1)
-    ax.axis("off")
-    ax.set_title("The course map: the article's pipeline, stage by stage")
     fig.tight_layout()
     return fig
 

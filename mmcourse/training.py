@@ -27,7 +27,7 @@ What the loop guarantees:
   early stopping, an error, Ctrl-C).
 
 How :func:`train` reads, top-down: ``_Loop.resume`` (from a checkpoint), then
-``_Loop.run`` → ``run_epoch`` → ``train_step`` and ``after_step`` (evaluate,
+``_Loop.run`` → ``run_epoch`` → ``step`` (:func:`train_step`, the one optimizer step) and ``after_step`` (evaluate,
 epoch end, stop, periodic checkpoint) → ``finish``; ``_Loop.contents`` is what
 a checkpoint holds.
 
@@ -53,7 +53,7 @@ import time
 import warnings
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Callable, Mapping, NamedTuple
 
 import torch
 from torch import nn
@@ -535,6 +535,71 @@ def _restore_rng(saved: Mapping, generator: torch.Generator | None, device: torc
         torch.cuda.set_rng_state_all(saved["cuda"])
 
 
+# ----------------------------------------------------------------------------- one optimizer step
+
+class StepResult(NamedTuple):
+    """What :func:`train_step` did.
+
+    Attributes:
+        loss: the scalar loss of the batch, detached (on the device: reading it waits for the device).
+        extras: the other scalars ``loss_fn`` returned, by name.
+        grad_norm: the total gradient norm before clipping (``clip_grad_norm_``'s return value),
+            None without clipping.
+    """
+
+    loss: torch.Tensor
+    extras: dict[str, torch.Tensor]
+    grad_norm: torch.Tensor | None
+
+
+def optimized_params(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
+    """The parameters ``optimizer`` steps, in the order of its parameter groups (the ones clipping scales)."""
+    return [p for group in optimizer.param_groups for p in group["params"]]
+
+
+def train_step(model: nn.Module, batch, loss_fn: LossFn, optimizer: torch.optim.Optimizer, *,
+               clip: float | None, autocast, scaler: "torch.amp.GradScaler | None" = None) -> StepResult:
+    """One optimizer step: the loss under ``autocast``, backward, gradient clipping, the optimizer's step.
+
+    :func:`train` runs every step through this function. In order: the forward pass and the loss run
+    inside ``autocast``; the gradients are cleared and the loss is back-propagated; if ``clip`` is
+    given, :func:`torch.nn.utils.clip_grad_norm_` rescales the gradients of the optimizer's parameters
+    by ``min(1, clip / (norm + 1e-6))``, ``norm`` being the 2-norm of all of them together; the
+    optimizer steps. With a ``scaler`` (float16 autocast), the loss is scaled before backward, the
+    gradients are unscaled before clipping, and ``scaler.step`` skips a step whose gradients overflowed.
+
+    Args:
+        model: in train mode, on the batch's device.
+        batch: already on the device (:func:`mmcourse.utils.to_device`).
+        loss_fn: ``loss_fn(model, batch)``: a scalar loss, or a dict with ``"loss"`` and other scalars.
+        optimizer: steps its parameters (:func:`optimized_params`).
+        clip: the largest total gradient norm, or None for no clipping.
+        autocast: the precision context of the forward pass, e.g. :func:`mmcourse.utils.autocast` of
+            the device (bf16 autocast on CUDA, a no-op on a CPU).
+        scaler: a ``torch.amp.GradScaler`` for float16 autocast; None for float32 and bfloat16, whose
+            exponent range needs no loss scaling (the course's policy uses none).
+
+    Returns:
+        a :class:`StepResult`: the loss, the extra scalars and the gradient norm before clipping.
+
+    Raises:
+        TypeError, ValueError: if ``loss_fn`` returns neither a scalar tensor nor a dict with a scalar ``"loss"``.
+    """
+    with autocast:
+        loss, extras = _split_loss(loss_fn(model, batch))
+    optimizer.zero_grad(set_to_none=True)
+    (loss if scaler is None else scaler.scale(loss)).backward()
+    if scaler is not None:
+        scaler.unscale_(optimizer)
+    norm = None if clip is None else nn.utils.clip_grad_norm_(optimized_params(optimizer), clip)
+    if scaler is None:
+        optimizer.step()
+    else:
+        scaler.step(optimizer)
+        scaler.update()
+    return StepResult(loss.detach(), extras, norm)
+
+
 # ----------------------------------------------------------------------------- the loop
 
 class _Loop:
@@ -595,19 +660,17 @@ class _Loop:
 
     # -- one step, one epoch
 
-    def train_step(self, batch) -> int:
-        """One optimizer step on ``batch``; returns its number of samples. Nothing here waits for the device."""
+    def step(self, batch) -> int:
+        """:func:`train_step` on ``batch``, then the schedule and the meter; returns the batch's number of samples.
+
+        Nothing here waits for the device.
+        """
         batch = to_device(batch, self.device)
-        with autocast(self.device):
-            loss, extras = _split_loss(self.loss_fn(self.model, batch))
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if self.config.grad_clip is not None:
-            nn.utils.clip_grad_norm_(self.params, self.config.grad_clip)
-        self.optimizer.step()
+        done = train_step(self.model, batch, self.loss_fn, self.optimizer, clip=self.config.grad_clip,
+                          autocast=autocast(self.device))
         self.scheduler.step()
         n = _batch_size(batch)
-        self.meter.add(loss, extras, n)
+        self.meter.add(done.loss, done.extras, n)
         self.state.step += 1
         self.state.batch += 1
         return n
@@ -627,7 +690,7 @@ class _Loop:
         progress = _Progress(self.config, state, self.steps_per_epoch)
         try:
             for batch in batches:
-                progress.add(self.train_step(batch))
+                progress.add(self.step(batch))
                 if state.step % self.config.log_every == 0 or state.batch == self.steps_per_epoch:
                     self.meter.check_finite()
                     progress.sync(state.step, self.meter)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import platform
 import random
 import subprocess
 import sys
@@ -20,6 +21,7 @@ from .checks import check_int
 
 DEVICE_ENV = "MMCOURSE_DEVICE"   # overrides the automatic device choice
 BUILD_ENV = "MMCOURSE_BUILD"     # overrides where outputs are written
+CPUINFO = Path("/proc/cpuinfo")  # Linux's description of the processors (its "model name" lines)
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -116,6 +118,17 @@ def atomic_write(path, write) -> Path:
     return path
 
 
+def cpu_name() -> str:
+    """The processor's model name: the first "model name" of ``/proc/cpuinfo`` on Linux, else
+    ``platform.processor()`` (or the machine type); timings in the course name the CPU they ran on."""
+    if CPUINFO.is_file():
+        for line in CPUINFO.read_text(errors="replace").splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and value.strip():
+                return value.strip()
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
 def environment_report() -> dict[str, str]:
     """Versions and hardware the course runs on, for notebooks and the results report."""
     device = get_device()
@@ -124,6 +137,7 @@ def environment_report() -> dict[str, str]:
         "torch": torch.__version__,
         "numpy": np.__version__,
         "device": str(device),
+        "cpu": cpu_name(),
         "cpu threads": str(torch.get_num_threads()),
         "openmp waits": wait_policy(),
         "cuda available": str(torch.cuda.is_available()),

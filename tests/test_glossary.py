@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from mmcourse.glossary import GLOSSARY, PIPELINE_EDGES
-from mmcourse.plots import _MAP_LAYOUT
+from mmcourse.diagrams import _MAP_LAYOUT
 
 
 def test_every_term_has_chinese_english_and_a_place():

@@ -8,7 +8,7 @@ import torch
 
 from mmcourse.adapt import make_downstream_model
 from mmcourse.data import WORLD_VOCAB, Tokenizer, World, WorldConfig, generate
-from mmcourse.inference import InputSpec, Prediction, predict
+from mmcourse.inference import InputSpec, Prediction, accuracy_by_modalities, predict, raw_inputs
 from mmcourse.modality import MODALITIES
 
 IMAGE_SIZE = 16   # small images: the CNN image encoder's tokens are then 2 x 2 positions
@@ -125,3 +125,26 @@ def test_predict_needs_to_know_the_inputs(model):
     assert predict(model, captions=["a large rubber thing"], spec=spec).probs.shape == (1, 8)
 
 
+
+
+def test_raw_inputs_are_the_scenes_as_predict_takes_them(test):
+    raw = raw_inputs(test, 4)
+    assert raw["captions"] == WORLD_VOCAB.decode(test.text[:4].numpy())
+    assert raw["images"].dtype == np.uint8 and raw["images"].shape == (4, 3, IMAGE_SIZE, IMAGE_SIZE)
+    assert raw["audio"].shape == (4, test.audio.shape[1])
+    with pytest.raises(ValueError, match=r"n must be at most len\(dataset\) = 6, got 7"):
+        raw_inputs(test, 7)
+
+
+def test_accuracy_by_modalities_scores_predict_with_only_the_given_modalities(model, test, monkeypatch):
+    subsets = [MODALITIES, ("audio",), ("image", "text")]
+    seen = _inputs_seen(model, monkeypatch)
+    got = accuracy_by_modalities(model, test, subsets, 6)
+    assert list(got) == subsets
+    assert [tuple(sorted(inputs)) for inputs, _ in seen] == subsets
+    raw = raw_inputs(test, 6)
+    for subset, names in zip(subsets, [("captions", "images", "audio"), ("audio",), ("images", "captions")]):
+        expected = (predict(model, **{k: raw[k] for k in names}).probs.argmax(1) == test.labels[:6]).float().mean()
+        assert got[subset] == pytest.approx(float(expected), abs=0.0)
+    with pytest.raises(ValueError, match="non-empty tuple of names from"):
+        accuracy_by_modalities(model, test, [("sound",)], 6)

@@ -8,10 +8,8 @@ import torch
 from matplotlib.figure import Figure
 
 from mmcourse.data.render import log_mel_spectrogram
-from mmcourse.glossary import PIPELINE_EDGES
-from mmcourse.plots import (_MAP_LAYOUT, plot_accuracy_bars, plot_accuracy_vs_cost, plot_audio, plot_bars,
-                            plot_bayes_table, plot_confusion, plot_course_map, plot_grouped_bars, plot_heatmap,
-                            plot_history, plot_sweep, show_images)
+from mmcourse.plots import (plot_accuracy_bars, plot_accuracy_vs_cost, plot_audio, plot_bars, plot_bayes_table,
+                            plot_confusion, plot_grouped_bars, plot_heatmap, plot_history, plot_sweep, show_images)
 from mmcourse.training import History
 
 
@@ -119,16 +117,6 @@ def test_plot_history_draws_every_bayes_limit():
     limits = {"image": 0.5, "text": 0.442, "image + text": 0.85, "all": 0.97}
     fig = plot_history(history, bayes=limits)
     assert len(fig.axes[1].lines) == 1 + len(limits)
-
-
-def test_plot_course_map_draws_every_node_and_edge():
-    fig = plot_course_map()
-    ax = fig.axes[0]
-    assert ax.get_title()
-    texts = [t.get_text().split("\n")[0] for t in ax.texts if t.get_text()]
-    assert sorted(texts) == sorted(_MAP_LAYOUT)
-    arrows = [t for t in ax.texts if not t.get_text()]  # annotate("") draws one arrow per edge
-    assert len(arrows) == len(PIPELINE_EDGES)
 
 
 def test_plots_accept_tensors():

@@ -684,3 +684,108 @@ def test_load_or_train_retrains_a_checkpoint_of_another_model_with_a_warning(tmp
         model = load_or_train(path, lambda: tiny_model(hidden=32), train_fn, CPU)
     assert calls == [False] and model[0].weight.shape == (32, 8)
     assert read_checkpoint(path)["signature"]["0.weight"] == [32, 8]
+
+
+# ----------------------------------------------------------------------------- train_step: the one optimizer step
+
+from mmcourse.training import StepResult, make_optimizer, optimized_params, train_step  # noqa: E402
+import contextlib  # noqa: E402
+
+
+def _tiny_batch(n=32, seed=0):
+    inputs, y = tiny_data(n, seed).__getitems__(range(n))
+    return inputs, y
+
+
+def _hand_step(model, batch, optimizer, clip, context=contextlib.nullcontext()):
+    """The step written out: loss, backward, torch's clipping formula, the optimizer's step."""
+    with context:
+        loss = tiny_loss(model, batch)["loss"]
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    grads = [p.grad for p in model.parameters()]
+    norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+    scale = torch.clamp(clip / (norm + 1e-6), max=1.0)
+    for g in grads:
+        g.mul_(scale)
+    optimizer.step()
+    return loss.detach(), norm
+
+
+@pytest.mark.parametrize("clip", [0.05, 100.0])        # clipped, and a norm below the cap (scale 1)
+def test_train_step_is_the_hand_written_step(clip):
+    model, batch = tiny_model().eval(), _tiny_batch()   # eval: no dropout, so both steps see one function
+    twin = tiny_model().eval()
+    config = TrainConfig(lr=1e-2, weight_decay=0.01)
+    opt_a, opt_b = make_optimizer(model.parameters(), config), make_optimizer(twin.parameters(), config)
+    loss, norm = _hand_step(model, batch, opt_a, clip)
+    done = train_step(twin, batch, tiny_loss, opt_b, clip=clip, autocast=contextlib.nullcontext())
+    assert isinstance(done, StepResult) and set(done.extras) == {"acc"}
+    torch.testing.assert_close(done.loss, loss)
+    torch.testing.assert_close(done.grad_norm, norm)
+    assert (norm > clip) == (clip == 0.05)
+    for p, q in zip(model.parameters(), twin.parameters()):
+        torch.testing.assert_close(q, p)
+        torch.testing.assert_close(q.grad, p.grad)
+
+
+def test_train_step_without_clipping_reports_no_norm_and_leaves_the_gradients():
+    model, batch = tiny_model().eval(), _tiny_batch()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    done = train_step(model, batch, lambda m, b: 1000.0 * tiny_loss(m, b)["loss"], optimizer, clip=None,
+                      autocast=contextlib.nullcontext())
+    assert done.grad_norm is None and done.extras == {}
+    total = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in model.parameters()]))
+    assert total > 1.0        # a thousand times the loss: far above any cap, and not scaled down
+
+
+def test_train_step_runs_the_forward_pass_under_the_given_autocast():
+    model, batch = tiny_model().eval(), _tiny_batch()
+    seen = []
+    model.register_forward_hook(lambda m, args, out: seen.append(out.dtype))
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
+    train_step(model, batch, tiny_loss, optimizer, clip=1.0, autocast=torch.autocast("cpu", dtype=torch.bfloat16))
+    assert seen == [torch.bfloat16] and all(p.dtype == torch.float32 for p in model.parameters())
+
+
+def test_train_step_with_a_grad_scaler_unscales_before_clipping_and_skips_an_overflow():
+    batch = _tiny_batch()
+    plain, scaled = tiny_model().eval(), tiny_model().eval()
+    opt_a, opt_b = torch.optim.SGD(plain.parameters(), lr=0.1), torch.optim.SGD(scaled.parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 10)    # a power of 2: scaling is exact in float32
+    a = train_step(plain, batch, tiny_loss, opt_a, clip=0.05, autocast=contextlib.nullcontext())
+    b = train_step(scaled, batch, tiny_loss, opt_b, clip=0.05, autocast=contextlib.nullcontext(), scaler=scaler)
+    torch.testing.assert_close(b.grad_norm, a.grad_norm)           # the norm of the unscaled gradients
+    for p, q in zip(plain.parameters(), scaled.parameters()):
+        torch.testing.assert_close(q, p)
+    before = [p.detach().clone() for p in scaled.parameters()]
+    overflow = train_step(scaled, batch, lambda m, b: tiny_loss(m, b)["loss"] * float("inf"), opt_b, clip=0.05,
+                          autocast=contextlib.nullcontext(), scaler=scaler)
+    assert not torch.isfinite(overflow.grad_norm)
+    assert all(torch.equal(p, q) for p, q in zip(scaled.parameters(), before))   # the step was skipped
+    assert scaler.get_scale() == 2.0 ** 9                                        # and the scale halved
+
+
+def test_train_step_rejects_a_loss_that_is_not_a_scalar():
+    model, batch = tiny_model(), _tiny_batch()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(ValueError, match=r"scalar loss, got shape \(32,\)"):
+        train_step(model, batch, lambda m, b: torch.zeros(32, requires_grad=True), optimizer, clip=1.0,
+                   autocast=contextlib.nullcontext())
+
+
+def test_train_runs_every_step_through_train_step_and_clips_the_optimizers_params(monkeypatch):
+    import mmcourse.training as training
+    calls = []
+
+    def spy(model, batch, loss_fn, optimizer, *, clip, autocast, scaler=None):
+        calls.append((clip, optimized_params(optimizer)))
+        return train_step(model, batch, loss_fn, optimizer, clip=clip, autocast=autocast, scaler=scaler)
+
+    monkeypatch.setattr(training, "train_step", spy)
+    model, temperature = tiny_model(), nn.Parameter(torch.ones(()))
+    train(model, tiny_loss, tiny_loader(tiny_data()), TrainConfig(grad_clip=0.5, progress=False), CPU,
+          extra_params=[temperature])
+    assert len(calls) == math.ceil(240 / 32)
+    assert all(clip == 0.5 for clip, _ in calls)
+    assert calls[0][1] == [*model.parameters(), temperature]       # the extra parameter is clipped too

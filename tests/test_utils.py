@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from mmcourse import utils
-from mmcourse.utils import (autocast, build_dir, environment_report, get_device, project_root, run_python,
+from mmcourse.utils import (autocast, build_dir, cpu_name, environment_report, get_device, project_root, run_python,
                             seed_everything)
 
 
@@ -100,6 +100,26 @@ def test_environment_report_names_versions_and_device():
     assert report["torch"] == torch.__version__ and report["numpy"] == np.__version__
     assert report["device"] == str(get_device())
     assert all(isinstance(v, str) and v for v in report.values())
+    assert report["cpu"] == cpu_name()
+
+
+def test_cpu_name_reads_the_model_name_of_proc_cpuinfo(monkeypatch, tmp_path):
+    import mmcourse.utils as utils
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC 7B13\n\n"
+                    "processor\t: 1\nmodel name\t: AMD EPYC 7B13\n")
+    monkeypatch.setattr(utils, "CPUINFO", info)
+    assert cpu_name() == "AMD EPYC 7B13"
+
+
+def test_cpu_name_without_proc_cpuinfo_asks_the_platform(monkeypatch, tmp_path):
+    import mmcourse.utils as utils
+    monkeypatch.setattr(utils, "CPUINFO", tmp_path / "absent")
+    monkeypatch.setattr(utils.platform, "processor", lambda: "arm")
+    assert cpu_name() == "arm"
+    monkeypatch.setattr(utils.platform, "processor", lambda: "")
+    monkeypatch.setattr(utils.platform, "machine", lambda: "")
+    assert cpu_name() == "unknown CPU"
 
 
 def test_seed_must_not_be_a_bool():
