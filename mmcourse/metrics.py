@@ -1,5 +1,5 @@
-"""Evaluation: accuracy, the per-class report, the confusion matrix, calibration, retrieval Recall@K,
-and the linear-probe accuracy of frozen features.
+"""Evaluation: accuracy, the per-class report, the confusion matrix, calibration (ECE, negative
+log-likelihood, Brier score), retrieval Recall@K, and the linear-probe accuracy of frozen features.
 
 Shape letters: N samples, C classes, D feature width; Nq queries and Ng gallery items for retrieval.
 """
@@ -53,9 +53,11 @@ def _check_pair(pred, true) -> tuple[np.ndarray, np.ndarray]:
 SHOWN_LABELS = 5   # out-of-range labels listed in an error message
 
 
-def _check_labels(pred: np.ndarray, true: np.ndarray, num_classes: int) -> None:
-    """Every label of ``pred`` and ``true`` must be an integer class index in [0, C)."""
+def _check_labels(pred: np.ndarray | None, true: np.ndarray, num_classes: int) -> None:
+    """Every label of ``pred`` (None: no predictions to check) and ``true`` must be an integer class index in [0, C)."""
     for name, x in (("pred", pred), ("true", true)):
+        if x is None:
+            continue
         if not np.issubdtype(x.dtype, np.integer):
             raise ValueError(f"{name} must hold integer class indices, got dtype {x.dtype}")
         bad = np.unique(x[(x < 0) | (x >= num_classes)])
@@ -136,6 +138,62 @@ def expected_calibration_error(probs, true, bins: int = 10) -> float:
     index = (confidence * bins).long().clamp(0, bins - 1)
     gap = torch.bincount(index.cpu(), weights=((pred == true).double() - confidence.double()).cpu(), minlength=bins)
     return float(gap.abs().sum() / len(true))
+
+
+PROB_FLOOR = float(np.finfo(np.float64).eps)   # -log p is taken of max(p, this): scikit-learn's log_loss clips so
+ROW_SUM_TOL = 1e-3                              # |row sum - 1| allowed in a probability matrix (float32 softmax rounding)
+
+
+def _check_probs(probs, true) -> tuple[np.ndarray, np.ndarray]:
+    """``probs`` (N, C) as float64 rows of probabilities, ``true`` (N,) as integer classes in [0, C)."""
+    probs, true = as_numpy(probs).astype(np.float64), as_numpy(true)
+    if probs.ndim != 2 or true.shape != probs.shape[:1] or len(true) == 0:
+        raise ValueError(f"expected probs (N, C) and true (N,) with N >= 1, got {probs.shape} and {true.shape}")
+    if not np.isfinite(probs).all() or probs.min() < 0 or probs.max() > 1:
+        raise ValueError("probs must hold finite probabilities in [0, 1]")
+    worst = np.abs(probs.sum(1) - 1).max()
+    if worst > ROW_SUM_TOL:
+        raise ValueError(f"every row of probs (N, C) must sum to 1 (within {ROW_SUM_TOL}); one is off by {worst:.3g}")
+    _check_labels(None, true, probs.shape[1])
+    return probs, true
+
+
+def negative_log_likelihood(probs, true) -> float:
+    """Mean negative log-likelihood of the true classes: mean over samples of -log p(true class), in nats.
+
+    The cross-entropy of the predicted distribution against the one-hot labels (scikit-learn's
+    ``log_loss``); a model that puts probability near 0 on a true class pays without bound, so
+    over-confident mistakes dominate it. p is clipped at :data:`PROB_FLOOR`.
+
+    Args:
+        probs: (N, C) class probabilities (rows sum to 1).
+        true: (N,) true classes in [0, C).
+
+    Raises:
+        ValueError: for shapes other than (N, C) and (N,), values outside [0, 1], rows that do not sum to 1,
+            or a label outside [0, C).
+    """
+    probs, true = _check_probs(probs, true)
+    p_true = probs[np.arange(len(true)), true]                             # (N,)
+    return float(-np.log(np.maximum(p_true, PROB_FLOOR)).mean())
+
+
+def brier_score(probs, true) -> float:
+    """Brier score: mean over samples of the squared distance sum_c (p_c - [c = y])^2 to the one-hot label.
+
+    Brier (1950, "Verification of forecasts expressed in terms of probability"), multi-class form: 0 for
+    certain right predictions, 2 for certain wrong ones; unlike the negative log-likelihood it is bounded.
+
+    Args:
+        probs: (N, C) class probabilities (rows sum to 1).
+        true: (N,) true classes in [0, C).
+
+    Raises:
+        ValueError: as :func:`negative_log_likelihood`.
+    """
+    probs, true = _check_probs(probs, true)
+    one_hot = np.eye(probs.shape[1])[true]                                  # (N, C)
+    return float(((probs - one_hot) ** 2).sum(1).mean())
 
 
 def recall_at_k(similarity, ks=(1, 5, 10)) -> dict[int, float]:

@@ -29,22 +29,25 @@ def show_images(images, titles=(), ncols: int = 8, scale: float = 1.4):
     return fig
 
 
+SPECTROGRAM_LABEL = "log-mel energy (ln power)"   # what log_mel_spectrogram returns: natural log of mel-band power
+
+
 def plot_audio(waves, specs, titles, sample_rate: int, hop: int = SPECTROGRAM_HOP):
-    """Waveforms (N, T) above their log-mel spectrograms (N, M, F), on one colour scale."""
+    """Waveforms (N, T) above their log-mel spectrograms (N, M, F), on one colour scale with one colour bar."""
     waves, specs = as_numpy(waves), as_numpy(specs)
     vmin, vmax = np.percentile(specs, [1, 99.5])  # shared, so loud and quiet clips compare
     n = len(waves)
-    fig, axes = plt.subplots(2, n, figsize=(2.6 * n, 4.4), squeeze=False)
+    fig, axes = plt.subplots(2, n, figsize=(2.6 * n + 0.8, 4.4), squeeze=False, layout="constrained")
     t_ms = np.arange(waves.shape[1]) / sample_rate * 1000
     for i in range(n):
         axes[0, i].plot(t_ms, waves[i], lw=0.6)
         axes[0, i].set_title(titles[i], fontsize=8)
         axes[0, i].set_xlabel("time (ms)")
-        axes[1, i].imshow(specs[i], origin="lower", aspect="auto", cmap="magma", vmin=vmin, vmax=vmax)
+        image = axes[1, i].imshow(specs[i], origin="lower", aspect="auto", cmap="magma", vmin=vmin, vmax=vmax)
         axes[1, i].set_xlabel(f"frame ({1000 * hop / sample_rate:g} ms hop)")
     axes[0, 0].set_ylabel("amplitude")
     axes[1, 0].set_ylabel("mel band")
-    fig.tight_layout()
+    fig.colorbar(image, ax=axes[1, :].tolist(), label=SPECTROGRAM_LABEL)  # one bar: the scale is shared
     return fig
 
 

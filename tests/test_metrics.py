@@ -245,3 +245,60 @@ def test_accuracy_se_and_the_bayes_floor():
         accuracy_se(0.5, 0)
     with pytest.raises(ValueError, match="margin must be >= 0"):
         bayes_floor(0.9, 100, margin=-0.1)
+
+
+from mmcourse.metrics import brier_score, negative_log_likelihood  # noqa: E402
+
+# Three samples, three classes, worked by hand:
+#   p(true) = 0.7, 0.5, 0.2  ->  NLL = -(ln 0.7 + ln 0.5 + ln 0.2) / 3 = (0.35667 + 0.69315 + 1.60944) / 3 = 0.8864200
+#   Brier rows: (0.7-1)^2+0.2^2+0.1^2 = 0.14; 0.25^2+(0.5-1)^2+0.25^2 = 0.375; 0.4^2+0.4^2+(0.2-1)^2 = 0.96
+#   -> mean (0.14 + 0.375 + 0.96) / 3 = 0.4916667
+HAND_PROBS = np.array([[0.7, 0.2, 0.1], [0.25, 0.5, 0.25], [0.4, 0.4, 0.2]])
+HAND_TRUE = np.array([0, 1, 2])
+
+
+def test_nll_and_brier_of_a_hand_computed_case():
+    assert negative_log_likelihood(HAND_PROBS, HAND_TRUE) == pytest.approx(0.8864200, abs=1e-7)
+    assert brier_score(HAND_PROBS, HAND_TRUE) == pytest.approx(0.4916667, abs=1e-7)
+    # torch tensors on input give the same numbers
+    assert negative_log_likelihood(torch.tensor(HAND_PROBS), torch.tensor(HAND_TRUE)) == pytest.approx(0.8864200,
+                                                                                                       abs=1e-7)
+
+
+@pytest.mark.parametrize("seed, n, c", [(0, 50, 4), (1, 7, 10), (2, 200, 2)])
+def test_nll_equals_scikit_learn_log_loss_and_brier_its_multiclass_brier(seed, n, c):
+    rng = np.random.default_rng(seed)
+    probs = torch.softmax(torch.from_numpy(rng.normal(size=(n, c)) * 3), dim=1).numpy()
+    true = rng.integers(0, c, size=n)
+    labels = list(range(c))
+    assert negative_log_likelihood(probs, true) == pytest.approx(skm.log_loss(true, probs, labels=labels), rel=1e-9)
+    # scikit-learn's multi-class Brier score (scale_by_half=False) is the same sum over classes, averaged
+    assert brier_score(probs, true) == pytest.approx(
+        skm.brier_score_loss(true, probs, labels=labels, scale_by_half=False), rel=1e-9)
+
+
+def test_nll_is_cross_entropy_of_the_logits_and_brier_is_bounded():
+    logits = torch.randn(20, 5, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    true = torch.randint(0, 5, (20,), generator=torch.Generator().manual_seed(1))
+    probs = torch.softmax(logits, dim=1)
+    assert negative_log_likelihood(probs, true) == pytest.approx(torch.nn.functional.cross_entropy(logits, true).item(),
+                                                                 rel=1e-9)
+    certain_wrong = np.eye(5)[(true.numpy() + 1) % 5]
+    assert brier_score(certain_wrong, true) == pytest.approx(2.0)         # the largest value
+    assert brier_score(np.eye(5)[true.numpy()], true) == pytest.approx(0.0)
+    # a certain wrong answer is clipped, not infinite: -ln(PROB_FLOOR) = 36.04 nats
+    assert negative_log_likelihood(certain_wrong, true) == pytest.approx(-np.log(np.finfo(np.float64).eps))
+
+
+@pytest.mark.parametrize("fn", [negative_log_likelihood, brier_score])
+@pytest.mark.parametrize("probs, true, message", [
+    (np.full((3, 2), 0.5), np.zeros(4, dtype=int), r"probs \(N, C\) and true \(N,\)"),
+    (np.full(3, 0.5), np.zeros(3, dtype=int), r"probs \(N, C\) and true \(N,\)"),
+    (np.array([[0.5, 0.6]]), np.array([0]), r"must sum to 1 \(within 0.001\); one is off by 0.1"),
+    (np.array([[1.5, -0.5]]), np.array([0]), r"finite probabilities in \[0, 1\]"),
+    (np.array([[0.5, 0.5]]), np.array([2]), r"true holds labels outside \[0, 2\).*: 2"),
+    (np.array([[0.5, 0.5]]), np.array([0.0]), r"true must hold integer class indices"),
+])
+def test_nll_and_brier_reject_bad_input(fn, probs, true, message):
+    with pytest.raises(ValueError, match=message):
+        fn(probs, true)

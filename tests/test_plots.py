@@ -35,11 +35,22 @@ def test_show_images_accepts_floats_and_a_single_image(small_dataset):
 def test_plot_audio_labels(small_dataset):
     waves = small_dataset.audio[:2]
     fig = plot_audio(waves, log_mel_spectrogram(waves, 8000), ["metal", "wood"], sample_rate=8000)
-    assert isinstance(fig, Figure) and len(fig.axes) == 4
+    assert isinstance(fig, Figure) and len(fig.axes) == 5             # 2 x 2 panels and one colour bar
     top, bottom = fig.axes[0], fig.axes[2]
     assert top.get_xlabel() == "time (ms)" and top.get_ylabel() == "amplitude" and top.get_title() == "metal"
     assert bottom.get_xlabel() == "frame (8 ms hop)" and bottom.get_ylabel() == "mel band"
     np.testing.assert_allclose(top.lines[0].get_xdata()[-1], 1023 / 8000 * 1000)  # the time axis is in ms
+
+
+def test_plot_audio_has_one_colour_bar_on_the_shared_scale(small_dataset):
+    waves = small_dataset.audio[:3]
+    specs = log_mel_spectrogram(waves, 8000)
+    fig = plot_audio(waves, specs, ["a", "b", "c"], sample_rate=8000)
+    colour_bar = fig.axes[-1]
+    assert colour_bar.get_ylabel() == "log-mel energy (ln power)"
+    low, high = fig.axes[3].images[0].get_clim()                      # the shared scale (tested above)
+    np.testing.assert_allclose(colour_bar.get_ylim(), (low, high))    # the bar spans exactly that scale
+    np.testing.assert_allclose((low, high), np.percentile(specs.numpy(), [1, 99.5]), rtol=1e-6)
 
 
 def test_plot_bayes_table(world):
@@ -118,7 +129,7 @@ def test_plot_audio_shares_one_colour_scale_and_names_the_hop(small_dataset):
     fig = plot_audio(waves, log_mel_spectrogram(waves, 8000), ["a", "b", "c"], sample_rate=8000)
     images = [im for ax in fig.axes for im in ax.get_images()]
     assert len(images) == 3 and len({im.get_clim() for im in images}) == 1
-    assert fig.axes[-1].get_xlabel() == "frame (8 ms hop)"
+    assert fig.axes[-2].get_xlabel() == "frame (8 ms hop)"            # the last spectrogram; then the colour bar
     plt.close(fig)
 
 
