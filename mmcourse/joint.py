@@ -590,12 +590,12 @@ def branch_evaluator(loader, device, modalities: Sequence[str]) -> Callable[[nn.
 
 
 def train_joint(model: JointModel, loader, config: TrainConfig, device, *, aux_weight: float,
-                ogm_alpha: float | None = None, evaluate=None, optimizer: torch.optim.Optimizer | None = None,
-                generator: torch.Generator | None = None) -> History:
+                ogm_alpha: float | None = None, ogm_noise: bool = True, evaluate=None,
+                optimizer: torch.optim.Optimizer | None = None, generator: torch.Generator | None = None) -> History:
     """Train a joint model with :class:`MultitaskLoss` (ITM and ITC both weighted ``aux_weight``, ALBEF sampling).
 
-    With ``ogm_alpha``, OGM-GE (:class:`GradientModulation` with noise) modulates the encoders during the
-    run and its hooks are removed afterwards. ``optimizer`` defaults to the training loop's
+    With ``ogm_alpha``, OGM-GE (:class:`GradientModulation`, with its noise unless ``ogm_noise`` is False)
+    modulates the encoders during the run and its hooks are removed afterwards. ``optimizer`` defaults to the training loop's
     (:func:`mmcourse.training.make_optimizer`, Adam); pass e.g. SGD with momentum to train as Peng et al. did.
 
     Args:
@@ -603,7 +603,7 @@ def train_joint(model: JointModel, loader, config: TrainConfig, device, *, aux_w
         loader: batches ``(inputs, labels, annotations)`` (:class:`AnnotatedDataset`) or ``(inputs, labels)``.
         generator: CPU generator of the mining draws.
     """
-    with GradientModulation(model, ogm_alpha) if ogm_alpha else contextlib.nullcontext() as ogm:
+    with GradientModulation(model, ogm_alpha, ogm_noise) if ogm_alpha else contextlib.nullcontext() as ogm:
         loss_fn = MultitaskLoss(aux_weight, aux_weight, "sample", ogm, generator)
         return train(model, loss_fn, loader, config, device, evaluate=evaluate, optimizer=optimizer)
 
