@@ -530,3 +530,17 @@ def test_train_matcher_lowers_the_matching_loss_and_checks_shapes(world, small_d
     assert [n for n, _ in matcher.named_parameters()] == [n for n, _ in matcher.itm.named_parameters(prefix="itm")]
     with pytest.raises(ValueError, match=r"image and text must be \(N, E\)"):
         joint.train_matcher(matcher, image, text[:5], notes, "random", exclude_fitting=False)
+
+
+def test_train_joint_without_ogm_noise_is_deterministic_and_with_it_is_not(small_dataset):
+    def trained(noise: bool, global_seed: int) -> torch.Tensor:
+        torch.manual_seed(0)
+        model = _model()
+        loader = make_loader(torch.utils.data.Subset(small_dataset, range(64)), 32, shuffle=True, seed=0)
+        torch.manual_seed(global_seed)                     # only the GE noise draws from the global generator
+        joint.train_joint(model, loader, TrainConfig(epochs=1, progress=False), "cpu", aux_weight=0.25,
+                          ogm_alpha=0.5, ogm_noise=noise, generator=torch.Generator().manual_seed(0))
+        return torch.cat([p.detach().flatten() for p in model.encoders.parameters()])
+
+    assert torch.equal(trained(False, 1), trained(False, 2))
+    assert not torch.equal(trained(True, 1), trained(True, 2))
