@@ -25,14 +25,19 @@ Modulation"): :func:`ogm_coefficients` and :class:`GradientModulation` slow down
 encoder of a dominating modality. :func:`modality_probes` measures what each
 encoder's features tell about the label (a linear probe).
 
+Chapter 07's runs: :func:`train_joint` trains a joint model with the multi-task loss (and
+optionally OGM-GE) and :func:`branch_evaluator` measures each late-fusion branch on its own;
+:class:`FrozenMatcher` and :func:`train_matcher` train an ITM head alone on cached embeddings.
+
 Shape letters: B batch, N samples, M modalities, C classes, K attributes, D_m width
 of modality m's features, E joint embedding width, H hidden width.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -47,6 +52,8 @@ from .fusion import FusionModel, make_fusion
 from .losses import ContrastiveLoss
 from .metrics import linear_probe_accuracy
 from .modality import check_keys, presence_without
+from .robustness import missing_modality_table
+from .training import History, TrainConfig, train
 from .utils import uniform
 
 PAIR = ("image", "text")             # the modalities that ITC and ITM look at together
@@ -520,6 +527,86 @@ def itm_scores(model: nn.Module, image: torch.Tensor, text: torch.Tensor, annota
             negative = mine_hard_negatives(model.similarity(u, v), mode, generator, fits)
             out[key].append((model.itm(u, v[negative]) <= 0)[real].float().mean())
     return {k: torch.stack(v).nanmean().item() for k, v in out.items()}
+
+
+class FrozenMatcher(nn.Module):
+    """A fresh ITM head over a frozen similarity: what :meth:`MultitaskLoss.matching` needs, and nothing else.
+
+    Args:
+        similarity: ``similarity(image, text) -> (B, B)`` logits, e.g. a trained :meth:`JointModel.similarity`
+            (not trained here: only the head's parameters are this module's).
+        embed_dim: E of the embeddings the head reads.
+    """
+
+    def __init__(self, similarity: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], embed_dim: int):
+        super().__init__()
+        self.similarity, self.itm = similarity, ITMHead(embed_dim)
+
+
+def train_matcher(matcher: FrozenMatcher, image: torch.Tensor, text: torch.Tensor, annotations: torch.Tensor,
+                  mining: str, exclude_fitting: bool, steps: int = 600, batch_size: int = 128, lr: float = 1e-3,
+                  generator: torch.Generator | None = None) -> FrozenMatcher:
+    """Train ``matcher.itm`` alone with Adam on random batches of cached embeddings; returns ``matcher``.
+
+    Each step draws ``batch_size`` scenes (with replacement) and takes the ITM loss of
+    :meth:`MultitaskLoss.matching` with negatives mined by ``mining``; ``exclude_fitting``
+    never mines a caption that fits the image (:func:`caption_fits` of ``annotations``).
+
+    Args:
+        image, text: (N, E) embeddings (:func:`embed_pairs`) on the matcher's device; annotations: (N, 3K).
+        generator: CPU generator for the batches and the mining draws (None: the global one).
+    """
+    if image.dim() != 2 or image.shape != text.shape or len(annotations) != len(image):
+        raise ValueError(f"image and text must be (N, E) and annotations (N, 3K), got {tuple(image.shape)}, "
+                         f"{tuple(text.shape)} and {tuple(annotations.shape)}")
+    loss_fn = MultitaskLoss(mining=mining, generator=generator)
+    optimizer = torch.optim.Adam(matcher.itm.parameters(), lr)
+    for _ in range(steps):
+        idx = torch.randint(0, len(image), (batch_size,), generator=generator).to(image.device)   # (B,)
+        exclude = caption_fits(annotations[idx]) if exclude_fitting else None                    # (B, B)
+        loss, _ = loss_fn.matching(matcher, image[idx], text[idx], exclude)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return matcher
+
+
+# ----------------------------------------------------------------------------- chapter 07's runs
+
+def branch_evaluator(loader, device, modalities: Sequence[str]) -> Callable[[nn.Module], dict[str, float]]:
+    """``evaluate(model)`` for :func:`mmcourse.training.train`: accuracy with every modality and with each alone.
+
+    Returns ``{"dev_accuracy": ..., "dev_<m>_alone": ...}`` from one pass through the encoders
+    (:func:`mmcourse.robustness.missing_modality_table` with the subsets it needs).
+    """
+    everything = tuple(sorted(modalities))
+    subsets = [everything, *[(m,) for m in everything]]
+
+    def evaluate(model: nn.Module) -> dict[str, float]:
+        acc = missing_modality_table(model, loader, None, device, subsets)
+        return {"dev_accuracy": acc[everything], **{f"dev_{m}_alone": acc[(m,)] for m in everything}}
+
+    return evaluate
+
+
+def train_joint(model: JointModel, loader, config: TrainConfig, device, *, aux_weight: float,
+                ogm_alpha: float | None = None, ogm_noise: bool = True, evaluate=None,
+                optimizer: torch.optim.Optimizer | None = None, generator: torch.Generator | None = None) -> History:
+    """Train a joint model with :class:`MultitaskLoss` (ITM and ITC both weighted ``aux_weight``, ALBEF sampling).
+
+    With ``ogm_alpha``, OGM-GE (:class:`GradientModulation`, with its noise unless ``ogm_noise`` is False)
+    modulates the encoders during the run and its hooks are removed afterwards. ``optimizer`` defaults to the training loop's
+    (:func:`mmcourse.training.make_optimizer`, Adam); pass e.g. SGD with momentum to train as Peng et al. did.
+
+    Args:
+        model: on ``device``, trained in place.
+        loader: batches ``(inputs, labels, annotations)`` (:class:`AnnotatedDataset`) or ``(inputs, labels)``.
+        generator: CPU generator of the mining draws.
+    """
+    with GradientModulation(model, ogm_alpha, ogm_noise) if ogm_alpha else contextlib.nullcontext() as ogm:
+        loss_fn = MultitaskLoss(aux_weight, aux_weight, "sample", ogm, generator)
+        return train(model, loss_fn, loader, config, device, evaluate=evaluate, optimizer=optimizer)
+
 
 def modality_probes(model: JointModel, train_set, test_set, device, batch_size: int = EVAL_BATCH_SIZE
                     ) -> dict[str, float]:

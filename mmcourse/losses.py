@@ -299,8 +299,8 @@ def info_nce(a: torch.Tensor, b: torch.Tensor, logit_scale) -> torch.Tensor:
     Args:
         a: (B, D) embeddings of one modality (L2-normalised here).
         b: (B, D) embeddings of the other; row i of ``b`` pairs with row i of ``a``.
-        logit_scale: log of the inverse temperature (float or scalar tensor);
-            the logits are ``exp(logit_scale) * cos(a_i, b_j)``.
+        logit_scale: log of the inverse temperature, ``log(1 / tau)`` (float or scalar tensor);
+            the logits are ``cos(a_i, b_j) / tau = exp(logit_scale) * cos(a_i, b_j)``.
 
     Returns:
         A scalar.
@@ -316,9 +316,9 @@ def info_nce(a: torch.Tensor, b: torch.Tensor, logit_scale) -> torch.Tensor:
 class ContrastiveLoss(nn.Module):
     """InfoNCE with a learnable temperature, initialised and capped as in CLIP.
 
-    The parameter ``logit_scale`` starts at ``log(1 / 0.07)``; ``forward`` uses
-    ``min(logit_scale, log(100))``, so the scale never exceeds 100 while the
-    parameter keeps its gradient whenever it is below the cap.
+    The parameter ``logit_scale`` is ``t = log(1 / tau)`` and starts at ``log(1 / 0.07)``; ``forward``
+    divides the cosines by ``tau = exp(-min(t, log(100)))``, so ``tau`` never falls below 0.01 while
+    ``t`` keeps its gradient whenever it is below the cap.
 
     Args:
         init_logit_scale: initial log inverse temperature.

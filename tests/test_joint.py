@@ -486,3 +486,61 @@ def test_embed_pairs_and_itm_scores_against_a_loop(world, small_dataset):
         itm_scores(model, image[:10], text[:10], notes[:10], batch_size=32)
     with pytest.raises(ValueError, match="wrap it in AnnotatedDataset"):
         embed_pairs(model, small_dataset, "cpu")
+
+
+# ----------------------------------------------------------------------------- chapter 07's runs
+
+def test_branch_evaluator_reads_the_table_of_every_modality_and_each_alone(small_dataset):
+    model = _model().eval()
+    loader = make_loader(torch.utils.data.Subset(small_dataset, range(64)), 32)
+    scores = joint.branch_evaluator(loader, "cpu", ["text", "audio", "image"])(model)
+    table = missing_modality_table(model, loader, None, "cpu")
+    assert scores == {"dev_accuracy": table[("audio", "image", "text")],
+                      **{f"dev_{m}_alone": table[(m,)] for m in ("audio", "image", "text")}}
+
+
+def test_train_joint_with_sgd_and_ogm_removes_its_hooks(small_dataset):
+    torch.manual_seed(0)
+    model = _model()
+    loader = make_loader(torch.utils.data.Subset(small_dataset, range(64)), 32, shuffle=True, seed=0)
+    sgd = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    history = joint.train_joint(model, loader, TrainConfig(epochs=1, lr=0.05, progress=False), "cpu",
+                                aux_weight=0.25, ogm_alpha=0.5, optimizer=sgd, generator=torch.Generator())
+    assert "train_coeff_image" in history.metrics and all(math.isfinite(x) for x in history.train_loss)
+    assert all(not p._backward_hooks for p in model.encoders.parameters())      # the run took its hooks off
+
+
+def test_train_matcher_lowers_the_matching_loss_and_checks_shapes(world, small_dataset):
+    g = torch.Generator().manual_seed(0)
+    n, e = len(small_dataset), 8
+    image = F.normalize(torch.randn(n, e, generator=g), dim=1)                      # (N, E)
+    text = F.normalize(image + 0.3 * torch.randn(n, e, generator=g), dim=1)         # (N, E): pairs agree
+    notes = AnnotatedDataset(small_dataset, world).annotations                       # (N, 3K)
+    torch.manual_seed(0)
+    matcher = joint.FrozenMatcher(lambda u, v: 10 * u @ v.T, e)
+
+    def itm_loss() -> float:
+        return MultitaskLoss(mining="random", generator=torch.Generator().manual_seed(1)).matching(
+            matcher, image[:64], text[:64])[0].item()
+
+    before = itm_loss()
+    joint.train_matcher(matcher, image, text, notes, "random", exclude_fitting=True, steps=100, batch_size=32,
+                        lr=1e-2, generator=torch.Generator().manual_seed(0))
+    assert itm_loss() < 0.5 * before, (before, itm_loss())
+    assert [n for n, _ in matcher.named_parameters()] == [n for n, _ in matcher.itm.named_parameters(prefix="itm")]
+    with pytest.raises(ValueError, match=r"image and text must be \(N, E\)"):
+        joint.train_matcher(matcher, image, text[:5], notes, "random", exclude_fitting=False)
+
+
+def test_train_joint_without_ogm_noise_is_deterministic_and_with_it_is_not(small_dataset):
+    def trained(noise: bool, global_seed: int) -> torch.Tensor:
+        torch.manual_seed(0)
+        model = _model()
+        loader = make_loader(torch.utils.data.Subset(small_dataset, range(64)), 32, shuffle=True, seed=0)
+        torch.manual_seed(global_seed)                     # only the GE noise draws from the global generator
+        joint.train_joint(model, loader, TrainConfig(epochs=1, progress=False), "cpu", aux_weight=0.25,
+                          ogm_alpha=0.5, ogm_noise=noise, generator=torch.Generator().manual_seed(0))
+        return torch.cat([p.detach().flatten() for p in model.encoders.parameters()])
+
+    assert torch.equal(trained(False, 1), trained(False, 2))
+    assert not torch.equal(trained(True, 1), trained(True, 2))
