@@ -545,7 +545,7 @@ def draw_contrastive(model: nn.Module, inputs: Mapping[str, torch.Tensor], pair:
                                                            for part in ("encoders", "projections")])
     fig, (ax, hm) = plt.subplots(1, 2, figsize=(15, 3.8), gridspec_kw={"width_ratios": [3.4, 1]})
     boxes, arrows = _towers(t, pair)
-    boxes["sim"] = Box("similarity logits", (4 * TOWER_STEP, 0.0), f"exp(s) z_{pair[0]} z_{pair[1]}\u1d40", "op")
+    boxes["sim"] = Box("similarity logits", (4 * TOWER_STEP, 0.0), f"z_{pair[0]} z_{pair[1]}\u1d40 / \u03c4", "op")
     boxes["loss"] = Box("symmetric cross-entropy", (5.3 * TOWER_STEP, 0.0),
                         f"(CE over rows + CE over columns) / 2\n= {loss:.3f}", "op")
     arrows.append(("sim", "loss", format_shape(logits.shape, t.batch, (0, 1))))
