@@ -220,11 +220,19 @@ class ViTImageEncoder(_ImageEncoder):
         nn.init.normal_(self.position, std=0.02)
         self.encoder = pre_norm_transformer(dim, heads, layers)
 
-    def _encode(self, x):
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """The Transformer's input: patch embeddings after the class token, plus positions, (B, 3, S, S) -> (B, 1 + L, D).
+
+        The strided convolution (kernel = stride = patch side p) is one linear map applied to
+        each flattened p x p x 3 patch (Dosovitskiy et al. 2021, "An Image is Worth 16x16 Words").
+        """
         self._check_image(x)
-        patches = self.patch(x).flatten(2).transpose(1, 2)            # (B, L, D)
-        cls = self.cls.expand(len(x), -1, -1)
-        return self.encoder(torch.cat([cls, patches], 1) + self.position)  # (B, 1 + L, D)
+        patches = self.patch(x).flatten(2).transpose(1, 2)            # (B, L, D), patches in row-major order
+        cls = self.cls.expand(len(x), -1, -1)                         # (B, 1, D)
+        return torch.cat([cls, patches], 1) + self.position           # (B, 1 + L, D)
+
+    def _encode(self, x):
+        return self.encoder(self.embed(x))                            # (B, 1 + L, D)
 
     def tokens(self, x):
         feats = self._encode(x)[:, 1:]

@@ -212,12 +212,12 @@ class SumFusion(Fusion):
 
 
 class GatedFusion(SumFusion):
-    """Input-dependent weights: a softmax over the present modalities of gate logits computed from each one's features.
+    """Dynamic fusion (the article's 动态融合): weights computed from the input weigh each modality per sample.
 
     Like ``sum``, but modality m's weight is ``softmax_m(w_m . f_m + b_m)`` over the
     present modalities (a missing one gets the logit -inf), so the model can lean
     on whichever modality is informative for this sample (cf. Arevalo et al. 2017,
-    "Gated Multimodal Units for Information Fusion").
+    "Gated Multimodal Units for Information Fusion"). :meth:`weights` returns them.
     """
 
     def __init__(self, in_dims: Mapping[str, int], hidden: int):

@@ -100,6 +100,22 @@ def test_vit_pools_the_class_token_not_the_patches():
     assert not torch.allclose(pooled, enc.tokens(x)[0].mean(1))
 
 
+def test_vit_embed_is_one_linear_map_per_patch_then_class_token_and_positions():
+    enc = ViTImageEncoder(image_size=16, patch_size=8, dim=8, heads=2, layers=1).double()
+    x = torch.randn(2, 3, 16, 16, dtype=torch.float64)
+    w = enc.patch.weight.flatten(1)                                          # (D, 3 p^2), order (channel, row, col)
+    rows = [x[:, :, 8 * i: 8 * i + 8, 8 * j: 8 * j + 8].flatten(1) @ w.T + enc.patch.bias
+            for i in range(2) for j in range(2)]                             # row-major patches, (B, D) each
+    expected = torch.cat([enc.cls.expand(2, -1, -1), torch.stack(rows, 1)], 1) + enc.position
+    torch.testing.assert_close(enc.embed(x), expected)
+    torch.testing.assert_close(enc._encode(x), enc.encoder(expected))
+
+
+def test_vit_embed_checks_the_image_shape():
+    with pytest.raises(ValueError, match=re.escape("image must have shape (B, 3, 32, 32), got (2, 3, 16, 16)")):
+        ViTImageEncoder(image_size=32).embed(torch.zeros(2, 3, 16, 16))
+
+
 @pytest.mark.parametrize("family, tokens_per_side", [("cnn", lambda s: s // 8), ("resnet18", lambda s: s // 16)])
 @pytest.mark.parametrize("s", [32, 64])
 def test_convolutional_image_encoders_take_any_image_size(family, tokens_per_side, s):
