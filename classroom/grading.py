@@ -1,0 +1,301 @@
+"""Release the course's assignments and autograde a folder of submissions with nbgrader, in one process.
+
+Folders (``work`` defaults to ``build/classroom``)::
+
+    assignments/source/<id>/<id>.ipynb        the teacher's notebooks: solutions and hidden tests
+    work/release/<id>/<id>.ipynb              the student copies (``release``): no solution, no hidden test
+    SUBMISSIONS/<student>/<id>/<id>.ipynb     what students handed in: read, never written
+    work/autograded/<student>/<id>/           the executed submissions, with scores
+    work/feedback/<student>/<id>/<id>.html    per-student feedback
+    work/grades.csv                           one row per student and assignment, with status and reason
+    work/nbgrader_grades.csv                  nbgrader's own export of the gradebook
+    work/gradebook.db                         the sqlite gradebook
+
+``grade`` checks every submission before nbgrader sees it (missing notebook, a file that is not a notebook)
+and grades the rest one student at a time, so one broken submission never stops the others: every student
+gets a row in ``grades.csv`` with its status (graded / failed / missing / invalid) and the reason.
+nbgrader restores the source's locked cells (setup and tests) before it executes a submission, so an edited
+test cell earns nothing. Kernels are forked from a warm process (:mod:`classroom.forkkernel`).
+"""
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import re
+import shutil
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import nbformat
+from traitlets.config import Config
+
+from classroom import forkkernel
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+COURSE_DIR = PROJECT_ROOT / "assignments"
+WORK_DIR = PROJECT_ROOT / "build" / "classroom"
+DEFAULT_TIMEOUT_S = 60          # per cell: the slowest solution cell runs in a few seconds
+COURSE_ID = "mmcourse"
+STUDENT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+GRADE_COLUMNS = ("student", "assignment", "status", "score", "max_score", "reason", "seconds")
+
+
+@dataclass
+class Outcome:
+    """The grade of one student on one assignment."""
+    student: str
+    assignment: str
+    status: str                 # graded | failed (nbgrader could not finish) | missing | invalid
+    score: float = 0.0
+    max_score: float = 0.0
+    reason: str = ""
+    seconds: float = 0.0
+    cells: dict[str, tuple[float, float]] = field(default_factory=dict)   # test cell -> (score, max)
+
+
+class GradingError(RuntimeError):
+    """A step the whole class depends on failed (e.g. releasing an assignment)."""
+
+
+def course_config(work=WORK_DIR, course_dir=COURSE_DIR, submissions=None, *, timeout=DEFAULT_TIMEOUT_S,
+                  fork=True) -> Config:
+    """The nbgrader configuration: the source under ``course_dir``, everything it writes under ``work``."""
+    work, course_dir = Path(work).resolve(), Path(course_dir).resolve()
+    if not isinstance(timeout, int) or timeout <= 0:
+        raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+    c = Config()
+    c.CourseDirectory.course_id = COURSE_ID
+    c.CourseDirectory.root = str(work)
+    # nbgrader joins each folder to root; absolute paths keep the teacher's source outside build/
+    c.CourseDirectory.source_directory = str(course_dir / "source")
+    c.CourseDirectory.release_directory = str(work / "release")
+    c.CourseDirectory.submitted_directory = str(Path(submissions).resolve() if submissions else work / "submitted")
+    c.CourseDirectory.autograded_directory = str(work / "autograded")
+    c.CourseDirectory.feedback_directory = str(work / "feedback")
+    c.CourseDirectory.db_url = f"sqlite:///{work / 'gradebook.db'}"
+    c.Exchange.root = str(work / "exchange")
+    c.Execute.timeout = timeout
+    c.Execute.interrupt_on_timeout = True        # a looping cell is stopped; the cells after it still run
+    c.Execute.kernel_name = forkkernel.KERNEL_NAME if fork else "python3"
+    c.NbGraderAPI.log_level = logging.WARNING
+    return c
+
+
+# nbgrader's gradebook triggers SQLAlchemy autoflush warnings on every autograde; they are not ours to fix
+warnings.filterwarnings("ignore", message=".*not in session.*", module="nbgrader")
+
+
+class Classroom:
+    """One course directory and one work folder; ``release`` and ``grade`` run nbgrader in this process."""
+
+    def __init__(self, course_dir=COURSE_DIR, work=WORK_DIR, *, timeout: int = DEFAULT_TIMEOUT_S,
+                 fork: bool = True):
+        self.course_dir, self.work = Path(course_dir).resolve(), Path(work).resolve()
+        self.timeout, self.fork = timeout, fork
+        if not (self.course_dir / "source").is_dir():
+            raise FileNotFoundError(f"course directory {self.course_dir} has no source/ folder")
+
+    def assignment_ids(self) -> list[str]:
+        return sorted(p.name for p in (self.course_dir / "source").iterdir()
+                      if p.is_dir() and any(p.glob("*.ipynb")))
+
+    def notebooks(self, assignment: str) -> list[str]:
+        """The notebook names of ``assignment`` (e.g. ``['05_fusion.ipynb']``)."""
+        folder = self.course_dir / "source" / assignment
+        if not folder.is_dir():
+            raise FileNotFoundError(f"no assignment {assignment!r}: {folder} does not exist; "
+                                    f"choose from {self.assignment_ids()}")
+        return sorted(p.name for p in folder.glob("*.ipynb"))
+
+    def _api(self, submissions=None):
+        from nbgrader.apps import NbGraderAPI
+        from nbgrader.coursedir import CourseDirectory
+        config = course_config(self.work, self.course_dir, submissions, timeout=self.timeout, fork=self.fork)
+        self.work.mkdir(parents=True, exist_ok=True)
+        return NbGraderAPI(coursedir=CourseDirectory(config=config), config=config)
+
+    def release(self, ids=None, api=None) -> dict[str, Path]:
+        """Write the student copy of each assignment (all by default) to ``work/release/<id>/``."""
+        ids = self._checked_ids(ids)
+        api = api or self._api()
+        for aid in ids:
+            result = api.generate_assignment(aid, force=True, create=True)
+            if not result["success"]:
+                raise GradingError(f"releasing {aid} failed:\n{result.get('error', '')}{result.get('log', '')}")
+        return {aid: self.work / "release" / aid for aid in ids}
+
+    def _checked_ids(self, ids) -> list[str]:
+        known = self.assignment_ids()
+        ids = known if ids is None else list(ids)
+        unknown = [i for i in ids if i not in known]
+        if unknown:
+            raise ValueError(f"unknown assignments {unknown}; the course has {known}")
+        return ids
+
+    def grade(self, submissions, ids=None) -> list[Outcome]:
+        """Autograde ``submissions/<student>/<id>/``; write grades.csv, nbgrader's export and feedback."""
+        submissions = Path(submissions).resolve()
+        if not submissions.is_dir():
+            raise FileNotFoundError(f"SUBMISSIONS folder {submissions} does not exist")
+        students = sorted(p.name for p in submissions.iterdir() if p.is_dir() and not p.name.startswith("."))
+        if not students:
+            raise ValueError(f"{submissions} holds no student folders (expected <student>/<assignment>/)")
+        ids = self._checked_ids(ids if ids is not None else
+                                [a for a in self.assignment_ids()
+                                 if any((submissions / s / a).is_dir() for s in students)] or None)
+        api = self._api(submissions)
+        self.release(ids, api)
+        outcomes = []
+        with _kernels(self.work, self.fork):
+            for aid in ids:
+                for student in students:
+                    outcomes.append(self._grade_one(api, submissions, student, aid))
+        self._write_reports(api, outcomes)
+        return outcomes
+
+    def _grade_one(self, api, submissions: Path, student: str, aid: str) -> Outcome:
+        expected = self.notebooks(aid)
+        max_score = _max_score(self.course_dir / "source" / aid, expected)
+        problem = _submission_problem(submissions, student, aid, expected)
+        if problem is not None:
+            status, reason = problem
+            return Outcome(student, aid, status, 0.0, max_score, reason)
+        started = time.perf_counter()
+        result = api.autograde(aid, student, force=True, create=True)
+        seconds = time.perf_counter() - started
+        if not result["success"]:
+            return Outcome(student, aid, "failed", 0.0, max_score, _last_error(result), seconds)
+        score, cells = _scores(api, aid, student)
+        return Outcome(student, aid, "graded", score, max_score, _cell_errors(self.work, student, aid), seconds,
+                       cells)
+
+    def _write_reports(self, api, outcomes: list[Outcome]) -> None:
+        from nbgrader.api import Gradebook
+        from nbgrader.plugins import CsvExportPlugin
+        with open(self.work / "grades.csv", "w", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(GRADE_COLUMNS)
+            for o in outcomes:
+                writer.writerow([o.student, o.assignment, o.status, f"{o.score:g}", f"{o.max_score:g}",
+                                 o.reason, f"{o.seconds:.1f}"])
+        with Gradebook(api.coursedir.db_url) as gradebook:
+            plugin = CsvExportPlugin()
+            plugin.to = str(self.work / "nbgrader_grades.csv")
+            plugin.export(gradebook)
+        for o in outcomes:
+            folder = self.work / "feedback" / o.student / o.assignment
+            if o.status == "graded":
+                result = api.generate_feedback(o.assignment, o.student, force=True)
+                if not result["success"]:
+                    o.reason = (o.reason + "; " if o.reason else "") + "feedback failed: " + _last_error(result)
+            else:
+                folder.mkdir(parents=True, exist_ok=True)
+                (folder / "NOT_GRADED.txt").write_text(f"{o.assignment} of {o.student}: {o.status}. {o.reason}\n")
+
+
+class _kernels:
+    """Within: grading kernels start from a zygote (``fork``) through the course's kernelspec."""
+
+    def __init__(self, work: Path, fork: bool):
+        self.work, self.fork, self.zygote = work, fork, None
+
+    def __enter__(self):
+        if self.fork:
+            import os
+            share = self.work / "jupyter"
+            forkkernel.write_kernelspec(share)
+            self._path = os.environ.get("JUPYTER_PATH")
+            os.environ["JUPYTER_PATH"] = os.pathsep.join(p for p in (str(share), self._path) if p)
+            self.zygote = forkkernel.Zygote(Path("/tmp") / f"mmcourse-grader-{os.getpid()}.sock").__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        if self.zygote is not None:
+            import os
+            self.zygote.__exit__(*exc)
+            if self._path is None:
+                os.environ.pop("JUPYTER_PATH", None)
+            else:
+                os.environ["JUPYTER_PATH"] = self._path
+
+
+def _submission_problem(submissions: Path, student: str, aid: str, expected: list[str]):
+    """(status, reason) when the submission cannot be graded, else None."""
+    if not STUDENT_ID.match(student):
+        return "invalid", f"student folder name {student!r} is not a valid id (letters, digits, _ . -)"
+    folder = submissions / student / aid
+    if not folder.is_dir():
+        return "missing", f"no folder {aid}/ in {student}/"
+    for name in expected:
+        path = folder / name
+        if not path.is_file():
+            found = sorted(p.name for p in folder.glob("*.ipynb"))
+            return "missing", f"{student}/{aid}/{name} is missing (found: {found or 'no notebook'})"
+        try:
+            nb = nbformat.read(path, as_version=4)
+            nbformat.validate(nb)
+        except json.JSONDecodeError as err:
+            return "invalid", f"{student}/{aid}/{name} is not valid JSON: line {err.lineno}, column {err.colno}: {err.msg}"
+        except (ValueError, UnicodeDecodeError, nbformat.ValidationError) as err:
+            return "invalid", f"{student}/{aid}/{name} is not a notebook: {str(err).splitlines()[0][:200]}"
+    return None
+
+
+def _max_score(folder: Path, names: list[str]) -> float:
+    total = 0.0
+    for name in names:
+        for cell in nbformat.read(folder / name, as_version=4).cells:
+            meta = cell.metadata.get("nbgrader", {})
+            if meta.get("grade"):
+                total += float(meta.get("points", 0))
+    return total
+
+
+def _scores(api, aid: str, student: str) -> tuple[float, dict[str, tuple[float, float]]]:
+    from nbgrader.api import Gradebook
+    cells = {}
+    with Gradebook(api.coursedir.db_url) as gradebook:
+        submission = gradebook.find_submission(aid, student)
+        for notebook in submission.notebooks:
+            for grade in notebook.grades:
+                cells[grade.name] = (float(grade.score), float(grade.max_score))
+        return float(submission.score), cells
+
+
+def _cell_errors(work: Path, student: str, aid: str) -> str:
+    """The errors the graded notebook shows, e.g. 'cell 4: NameError: name 'x' is not defined'."""
+    errors = []
+    for path in sorted((work / "autograded" / student / aid).glob("*.ipynb")):
+        for i, cell in enumerate(nbformat.read(path, as_version=4).cells):
+            for out in cell.get("outputs", []):
+                if out.get("output_type") == "error":
+                    grade_id = cell.metadata.get("nbgrader", {}).get("grade_id", f"cell {i}")
+                    errors.append(f"{grade_id}: {out.get('ename')}")
+    return "; ".join(errors)
+
+
+_EXCEPTION = re.compile(r"^([\w.]+(Error|Exception|Interrupt|Exit))(: .*)?$")
+
+
+def _last_error(result: dict) -> str:
+    """The exception behind a failed nbgrader step (its log holds the traceback; the error says only 'see log')."""
+    text = (result.get("log") or "") + "\n" + (result.get("error") or "")
+    found = [m.group(0) for ln in text.splitlines() if (m := _EXCEPTION.match(ln.strip()))
+             and "NbGraderException" not in m.group(1)]
+    return found[-1][:300] if found else "nbgrader gave no reason"
+
+
+def read_grades(path) -> list[dict]:
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def remove_work(work=WORK_DIR) -> None:
+    """Delete a work folder (never the course directory or a submissions folder)."""
+    work = Path(work).resolve()
+    if work == COURSE_DIR.resolve() or (work / "source").is_dir():
+        raise ValueError(f"{work} looks like a course directory; refusing to delete it")
+    shutil.rmtree(work, ignore_errors=True)
