@@ -27,7 +27,7 @@ export JUPYTER_PLATFORM_DIRS := 1
 
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 
-.PHONY: setup test unit notebooks-smoke course verify lab execute clean bench gpu-check
+.PHONY: setup test unit notebooks-smoke grading assignments grade course verify lab execute clean bench gpu-check
 
 setup: $(STAMP)
 
@@ -40,11 +40,25 @@ endif
 	$(BIN)/python -m pip install --quiet --progress-bar off --no-deps --no-build-isolation -e .
 	touch $@
 
-## make test: unit tests, then every notebook top to bottom in the smoke profile (nbval).
-test: setup unit notebooks-smoke
+## make test: unit tests, every notebook top to bottom in the smoke profile (nbval), then the assignments graded.
+test: setup unit notebooks-smoke grading
 
 unit: setup
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q tests --ignore=tests/grading
+
+## make grading: every assignment's variants (solved, released, partial, wrong) and broken submissions, graded.
+grading: setup
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests/grading
+
+## make assignments: the student copy of every assignment (solutions and hidden tests removed) in build/classroom/release.
+assignments: setup
+	$(BIN)/python -m classroom release
+
+## make grade SUBMISSIONS=dir [TIMEOUT=s]: autograde dir/<student>/<assignment>/; grades and feedback in build/classroom.
+TIMEOUT ?= 60
+grade: setup
+	@test -n "$(SUBMISSIONS)" || { echo "usage: make grade SUBMISSIONS=dir (dir/<student>/<assignment>/<assignment>.ipynb)" >&2; exit 2; }
+	$(BIN)/python -m classroom --timeout $(TIMEOUT) grade $(SUBMISSIONS)
 
 notebooks-smoke: setup
 	MMCOURSE_PROFILE=smoke MMCOURSE_PROGRESS=0 $(BIN)/python -m pytest -q --nbval-lax \

@@ -7,8 +7,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import nbformat
-
 from classroom import grading, variants
 
 
@@ -21,32 +19,12 @@ def _table(outcomes) -> str:
 
 
 def check(classroom: grading.Classroom, ids) -> list[str]:
-    """Grade every variant of ``ids`` in one run; return the broken expectations (empty: all hold)."""
-    ids = classroom._checked_ids(ids)
-    released = classroom.release(ids)
-    submissions = classroom.work / "variants"
-    specs, leaks = {}, []
-    for aid in ids:
-        name = f"{aid}.ipynb"
-        source = nbformat.read(classroom.course_dir / "source" / aid / name, as_version=4)
-        release = nbformat.read(released[aid] / name, as_version=4)
-        specs[aid] = variants.load_spec(classroom.course_dir, aid)
-        variants.write_variants(variants.build_variants(source, release, specs[aid]), submissions, aid)
-        leaks += [f"{aid}: the release shows {line!r}" for line in variants.release_leaks(source, release)]
-    outcomes = classroom.grade(submissions, ids)
+    """Grade every variant of ``ids`` in one run, print the points per cell; return the broken expectations."""
+    outcomes, found = variants.grade_variants(classroom, ids)
     print(_table(outcomes))
-    found = list(leaks)
-    for aid in ids:
-        mine = {o.student: o for o in outcomes if o.assignment == aid and (o.student in variants_of(specs[aid]))}
-        for o in mine.values():
-            cells = ", ".join(f"{k} {s:g}/{m:g}" for k, (s, m) in o.cells.items())
-            print(f"{aid} {o.student}: {cells}")
-        found += [f"{aid}: {p}" for p in variants.problems(specs[aid], mine)]
-    return found
-
-
-def variants_of(spec) -> set[str]:
-    return {variants.SOLUTION, variants.RELEASE, variants.PARTIAL, *map(variants.wrong_student, spec.wrong)}
+    for o in outcomes:
+        print(f"{o.assignment} {o.student}: " + ", ".join(f"{k} {s:g}/{m:g}" for k, (s, m) in o.cells.items()))
+    return [f"{aid}: {p}" for aid, problems in found.items() for p in problems]
 
 
 def main(argv=None) -> int:

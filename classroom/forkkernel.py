@@ -149,7 +149,7 @@ class Zygote:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.path.unlink(missing_ok=True)
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "classroom.forkkernel", "serve", str(self.path), "--preload",
+            [sys.executable, str(Path(__file__).resolve()), "serve", str(self.path), "--preload",
              ",".join(self.preload)], stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
         line = self.process.stdout.readline()
         if line.strip() != "ready":
@@ -207,7 +207,8 @@ def write_kernelspec(root: str | Path) -> Path:
     """Write the ``mmcourse-grader`` kernelspec under ``root/kernels``; add ``root`` to JUPYTER_PATH to use it."""
     spec_dir = Path(root) / "kernels" / KERNEL_NAME
     spec_dir.mkdir(parents=True, exist_ok=True)
-    spec = {"argv": [sys.executable, "-m", "classroom.forkkernel", "launch", "-f", "{connection_file}"],
+    # the file by path: the client imports nothing but the standard library, wherever the kernel's cwd is
+    spec = {"argv": [sys.executable, str(Path(__file__).resolve()), "launch", "-f", "{connection_file}"],
             "display_name": "Python 3 (mmcourse grader, forked)", "language": "python",
             "interrupt_mode": "signal", "metadata": {"debugger": False}}
     (spec_dir / "kernel.json").write_text(json.dumps(spec, indent=1))

@@ -111,6 +111,12 @@ class Classroom:
         return sorted(p.name for p in folder.glob("*.ipynb"))
 
     def _api(self, submissions=None):
+        import os
+        import sys
+        # nbgrader runs the `alembic` command of its own environment to check the gradebook's schema
+        bin_dir = str(Path(sys.executable).parent)
+        if bin_dir not in os.environ.get("PATH", "").split(os.pathsep):
+            os.environ["PATH"] = os.pathsep.join([bin_dir, os.environ.get("PATH", "")])
         from nbgrader.apps import NbGraderAPI
         from nbgrader.coursedir import CourseDirectory
         config = course_config(self.work, self.course_dir, submissions, timeout=self.timeout, fork=self.fork)
@@ -135,8 +141,11 @@ class Classroom:
             raise ValueError(f"unknown assignments {unknown}; the course has {known}")
         return ids
 
-    def grade(self, submissions, ids=None) -> list[Outcome]:
-        """Autograde ``submissions/<student>/<id>/``; write grades.csv, nbgrader's export and feedback."""
+    def grade(self, submissions, ids=None, *, release: bool = True) -> list[Outcome]:
+        """Autograde ``submissions/<student>/<id>/``; write grades.csv, nbgrader's export and feedback.
+
+        ``release=False`` skips re-releasing (and re-registering) assignments this work folder released.
+        """
         submissions = Path(submissions).resolve()
         if not submissions.is_dir():
             raise FileNotFoundError(f"SUBMISSIONS folder {submissions} does not exist")
@@ -147,7 +156,8 @@ class Classroom:
                                 [a for a in self.assignment_ids()
                                  if any((submissions / s / a).is_dir() for s in students)] or None)
         api = self._api(submissions)
-        self.release(ids, api)
+        if release:
+            self.release(ids, api)
         outcomes = []
         with _kernels(self.work, self.fork):
             for aid in ids:
@@ -234,13 +244,18 @@ def _submission_problem(submissions: Path, student: str, aid: str, expected: lis
         if not path.is_file():
             found = sorted(p.name for p in folder.glob("*.ipynb"))
             return "missing", f"{student}/{aid}/{name} is missing (found: {found or 'no notebook'})"
+        where = f"{student}/{aid}/{name}"
         try:
-            nb = nbformat.read(path, as_version=4)
-            nbformat.validate(nb)
+            text = path.read_text(encoding="utf-8")
+            json.loads(text)
+        except UnicodeDecodeError:
+            return "invalid", f"{where} is not UTF-8 text"
         except json.JSONDecodeError as err:
-            return "invalid", f"{student}/{aid}/{name} is not valid JSON: line {err.lineno}, column {err.colno}: {err.msg}"
-        except (ValueError, UnicodeDecodeError, nbformat.ValidationError) as err:
-            return "invalid", f"{student}/{aid}/{name} is not a notebook: {str(err).splitlines()[0][:200]}"
+            return "invalid", f"{where} is not valid JSON: line {err.lineno}, column {err.colno}: {err.msg}"
+        try:
+            nbformat.validate(nbformat.reads(text, as_version=4))
+        except (ValueError, KeyError, nbformat.ValidationError) as err:
+            return "invalid", f"{where} is not a notebook: {str(err).splitlines()[0][:200]}"
     return None
 
 

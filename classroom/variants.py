@@ -130,3 +130,30 @@ def problems(spec: Spec, outcomes: dict) -> list[str]:
         if kept:
             found.append(f"wrong answer {name!r} still earns points on {kept}")
     return found
+
+
+def grade_variants(classroom, ids=None) -> tuple[list, dict[str, list[str]]]:
+    """Release ``ids``, write every variant as a student's submission, grade all in one run.
+
+    Returns the outcomes and, per assignment, its broken expectations (release leaks included).
+    """
+    ids = classroom._checked_ids(ids)
+    released = classroom.release(ids)
+    submissions = classroom.work / "variants"
+    specs, found = {}, {}
+    for aid in ids:
+        name = f"{aid}.ipynb"
+        source = nbformat.read(classroom.course_dir / "source" / aid / name, as_version=4)
+        release = nbformat.read(released[aid] / name, as_version=4)
+        specs[aid] = load_spec(classroom.course_dir, aid)
+        write_variants(build_variants(source, release, specs[aid]), submissions, aid)
+        found[aid] = [f"the release shows {line!r}" for line in release_leaks(source, release)]
+    outcomes = classroom.grade(submissions, ids, release=False)
+    for aid in ids:
+        mine = {o.student: o for o in outcomes if o.assignment == aid and o.student in _students(specs[aid])}
+        found[aid] += problems(specs[aid], mine)
+    return [o for o in outcomes if o.student in _students(specs[o.assignment])], found
+
+
+def _students(spec: Spec) -> set[str]:
+    return {SOLUTION, RELEASE, PARTIAL, *map(wrong_student, spec.wrong)}
