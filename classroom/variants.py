@@ -90,8 +90,9 @@ def write_variants(variants: dict, submissions, aid: str) -> None:
 
 
 def release_leaks(source, release) -> list[str]:
-    """Solution lines or hidden tests of ``source`` that appear in ``release``."""
+    """Lines of ``source``'s solutions or hidden tests that appear in ``release`` (and nowhere public)."""
     text = "\n".join(c.source for c in release.cells)
+    public = "\n".join(_SOLVED.sub("", _HIDDEN.sub("", c.source)) for c in source.cells)
     leaks = []
     if "BEGIN HIDDEN TESTS" in text or "BEGIN SOLUTION" in text:
         leaks.append("a solution or hidden-test marker")
@@ -99,7 +100,7 @@ def release_leaks(source, release) -> list[str]:
         for block in _HIDDEN.findall(cell.source) + _SOLVED.findall(cell.source):
             for line in block.splitlines():
                 line = line.strip()
-                if len(line) > 12 and not line.startswith("#") and line in text:
+                if len(line) > 12 and not line.startswith("#") and line in text and line not in public:
                     leaks.append(line)
     return leaks
 
