@@ -19,11 +19,13 @@ test cell earns nothing. Kernels are forked from a warm process (:mod:`classroom
 """
 from __future__ import annotations
 
+import ast
 import csv
 import json
 import logging
 import re
 import shutil
+import tempfile
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -40,6 +42,8 @@ WORK_DIR = PROJECT_ROOT / "build" / "classroom"
 DEFAULT_TIMEOUT_S = 60          # per cell: the slowest solution cell runs in a few seconds
 COURSE_ID = "mmcourse"
 STUDENT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+# packages whose modules the zygote may import ahead (a teacher's source imports them); never pyplot's backend
+PRELOADABLE = {"mmcourse", "numpy", "torch", "scipy", "sklearn"}
 GRADE_COLUMNS = ("student", "assignment", "status", "score", "max_score", "reason", "seconds")
 
 
@@ -141,10 +145,11 @@ class Classroom:
             raise ValueError(f"unknown assignments {unknown}; the course has {known}")
         return ids
 
-    def grade(self, submissions, ids=None, *, release: bool = True) -> list[Outcome]:
+    def grade(self, submissions, ids=None, *, release: bool = True, feedback: bool = True) -> list[Outcome]:
         """Autograde ``submissions/<student>/<id>/``; write grades.csv, nbgrader's export and feedback.
 
-        ``release=False`` skips re-releasing (and re-registering) assignments this work folder released.
+        ``release=False`` skips re-releasing (and re-registering) assignments this work folder released;
+        ``feedback=False`` skips the per-student HTML (the course's own variant checks need only scores).
         """
         submissions = Path(submissions).resolve()
         if not submissions.is_dir():
@@ -159,12 +164,23 @@ class Classroom:
         if release:
             self.release(ids, api)
         outcomes = []
-        with _kernels(self.work, self.fork):
+        with _kernels(self.work, self.fork, self.preload(ids)):
             for aid in ids:
                 for student in students:
                     outcomes.append(self._grade_one(api, submissions, student, aid))
-        self._write_reports(api, outcomes)
+        self._write_reports(api, outcomes, feedback)
         return outcomes
+
+    def preload(self, ids) -> tuple[str, ...]:
+        """Modules the zygote imports: the defaults and every package module the assignments' sources import."""
+        found = set()
+        for aid in ids:
+            for name in self.notebooks(aid):
+                for cell in nbformat.read(self.course_dir / "source" / aid / name, as_version=4).cells:
+                    if cell.cell_type == "code":
+                        found |= _imported_modules(cell.source)
+        extra = {m for m in found if m.split(".")[0] in PRELOADABLE} - set(forkkernel.DEFAULT_PRELOAD)
+        return (*forkkernel.DEFAULT_PRELOAD, *sorted(extra))
 
     def _grade_one(self, api, submissions: Path, student: str, aid: str) -> Outcome:
         expected = self.notebooks(aid)
@@ -182,7 +198,7 @@ class Classroom:
         return Outcome(student, aid, "graded", score, max_score, _cell_errors(self.work, student, aid), seconds,
                        cells)
 
-    def _write_reports(self, api, outcomes: list[Outcome]) -> None:
+    def _write_reports(self, api, outcomes: list[Outcome], feedback: bool) -> None:
         from nbgrader.api import Gradebook
         from nbgrader.plugins import CsvExportPlugin
         with open(self.work / "grades.csv", "w", newline="") as fh:
@@ -195,7 +211,7 @@ class Classroom:
             plugin = CsvExportPlugin()
             plugin.to = str(self.work / "nbgrader_grades.csv")
             plugin.export(gradebook)
-        for o in outcomes:
+        for o in outcomes if feedback else ():
             folder = self.work / "feedback" / o.student / o.assignment
             if o.status == "graded":
                 result = api.generate_feedback(o.assignment, o.student, force=True)
@@ -209,8 +225,8 @@ class Classroom:
 class _kernels:
     """Within: grading kernels start from a zygote (``fork``) through the course's kernelspec."""
 
-    def __init__(self, work: Path, fork: bool):
-        self.work, self.fork, self.zygote = work, fork, None
+    def __init__(self, work: Path, fork: bool, preload):
+        self.work, self.fork, self.preload, self.zygote = work, fork, preload, None
 
     def __enter__(self):
         if self.fork:
@@ -219,7 +235,8 @@ class _kernels:
             forkkernel.write_kernelspec(share)
             self._path = os.environ.get("JUPYTER_PATH")
             os.environ["JUPYTER_PATH"] = os.pathsep.join(p for p in (str(share), self._path) if p)
-            self.zygote = forkkernel.Zygote(Path("/tmp") / f"mmcourse-grader-{os.getpid()}.sock").__enter__()
+            socket_path = Path(tempfile.gettempdir()) / f"mmcourse-grader-{os.getpid()}.sock"   # < 108 bytes
+            self.zygote = forkkernel.Zygote(socket_path, self.preload).__enter__()
         return self
 
     def __exit__(self, *exc):
@@ -230,6 +247,20 @@ class _kernels:
                 os.environ.pop("JUPYTER_PATH", None)
             else:
                 os.environ["JUPYTER_PATH"] = self._path
+
+
+def _imported_modules(source: str) -> set[str]:
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return set()
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+    return found
 
 
 def _submission_problem(submissions: Path, student: str, aid: str, expected: list[str]):

@@ -149,7 +149,7 @@ def grade_variants(classroom, ids=None) -> tuple[list, dict[str, list[str]]]:
         specs[aid] = load_spec(classroom.course_dir, aid)
         write_variants(build_variants(source, release, specs[aid]), submissions, aid)
         found[aid] = [f"the release shows {line!r}" for line in release_leaks(source, release)]
-    outcomes = classroom.grade(submissions, ids, release=False)
+    outcomes = classroom.grade(submissions, ids, release=False, feedback=False)
     for aid in ids:
         mine = {o.student: o for o in outcomes if o.assignment == aid and o.student in _students(specs[aid])}
         found[aid] += problems(specs[aid], mine)
