@@ -285,7 +285,7 @@ def _submission_problem(submissions: Path, student: str, aid: str, expected: lis
             return "invalid", f"{where} is not valid JSON: line {err.lineno}, column {err.colno}: {err.msg}"
         try:
             nbformat.validate(nbformat.reads(text, as_version=4))
-        except (ValueError, KeyError, nbformat.ValidationError) as err:
+        except (ValueError, KeyError, TypeError, AttributeError, nbformat.ValidationError) as err:   # odd JSON
             return "invalid", f"{where} is not a notebook: {str(err).splitlines()[0][:200]}"
     return None
 
