@@ -204,3 +204,24 @@ def _alive(pid: int) -> bool:
             return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
     except FileNotFoundError:
         return False
+
+
+def test_zygote_exits_when_its_grader_is_killed(tmp_path):
+    """A grader killed without cleaning up must not leave its zygote behind."""
+    path = tmp_path / "z.sock"
+    grader = subprocess.Popen([sys.executable, "-c", (
+        "import subprocess, sys, time\n"
+        f"z = subprocess.Popen([sys.executable, {forkkernel.__file__!r}, 'serve', {str(path)!r}, '--preload', 'json'],"
+        " stdout=subprocess.PIPE, text=True)\n"
+        "assert z.stdout.readline().strip() == 'ready'\n"
+        "print(z.pid, flush=True)\n"
+        "time.sleep(600)\n")], stdout=subprocess.PIPE, text=True)
+    zygote_pid = int(grader.stdout.readline())
+    assert _alive(zygote_pid)
+    grader.kill()
+    grader.wait(10)
+    deadline = time.time() + 20
+    while time.time() < deadline and _alive(zygote_pid):
+        time.sleep(0.2)
+    assert not _alive(zygote_pid), "the zygote outlived its grader"
+    assert not path.exists(), "the zygote removes its socket when it stops"
