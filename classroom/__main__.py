@@ -41,7 +41,7 @@ def main(argv=None) -> int:
     sub.add_parser("check", help="grade the variants of each assignment").add_argument("ids", nargs="*")
     args = parser.parse_args(argv)
     work = Path(args.work) if args.work else (Path(tempfile.mkdtemp(prefix="mmcourse-check-"))
-                                              if args.command == "check" else grading.WORK_DIR)
+                                              if args.command == "check" else None)
     classroom = grading.Classroom(args.course_dir, work, timeout=args.timeout, fork=not args.no_fork)
     started = time.perf_counter()
     if args.command == "release":

@@ -24,7 +24,6 @@ import csv
 import json
 import logging
 import re
-import shutil
 import tempfile
 import time
 import warnings
@@ -35,10 +34,10 @@ import nbformat
 from traitlets.config import Config
 
 from classroom import forkkernel
+from mmcourse.utils import build_dir
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 COURSE_DIR = PROJECT_ROOT / "assignments"
-WORK_DIR = PROJECT_ROOT / "build" / "classroom"
 DEFAULT_TIMEOUT_S = 60          # per cell: the slowest solution cell runs in a few seconds
 COURSE_ID = "mmcourse"
 STUDENT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -64,10 +63,15 @@ class GradingError(RuntimeError):
     """A step the whole class depends on failed (e.g. releasing an assignment)."""
 
 
-def course_config(work=WORK_DIR, course_dir=COURSE_DIR, submissions=None, *, timeout=DEFAULT_TIMEOUT_S,
+def work_dir() -> Path:
+    """``build/classroom`` (or ``$MMCOURSE_BUILD/classroom``): where grading writes by default."""
+    return build_dir("classroom")
+
+
+def course_config(work=None, course_dir=COURSE_DIR, submissions=None, *, timeout=DEFAULT_TIMEOUT_S,
                   fork=True) -> Config:
     """The nbgrader configuration: the source under ``course_dir``, everything it writes under ``work``."""
-    work, course_dir = Path(work).resolve(), Path(course_dir).resolve()
+    work, course_dir = Path(work or work_dir()).resolve(), Path(course_dir).resolve()
     if not isinstance(timeout, int) or timeout <= 0:
         raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
     c = Config()
@@ -95,9 +99,9 @@ warnings.filterwarnings("ignore", message=".*not in session.*", module="nbgrader
 class Classroom:
     """One course directory and one work folder; ``release`` and ``grade`` run nbgrader in this process."""
 
-    def __init__(self, course_dir=COURSE_DIR, work=WORK_DIR, *, timeout: int = DEFAULT_TIMEOUT_S,
+    def __init__(self, course_dir=COURSE_DIR, work=None, *, timeout: int = DEFAULT_TIMEOUT_S,
                  fork: bool = True):
-        self.course_dir, self.work = Path(course_dir).resolve(), Path(work).resolve()
+        self.course_dir, self.work = Path(course_dir).resolve(), Path(work or work_dir()).resolve()
         self.timeout, self.fork = timeout, fork
         if not (self.course_dir / "source").is_dir():
             raise FileNotFoundError(f"course directory {self.course_dir} has no source/ folder")
@@ -337,11 +341,3 @@ def _last_error(result: dict) -> str:
 def read_grades(path) -> list[dict]:
     with open(path, newline="") as fh:
         return list(csv.DictReader(fh))
-
-
-def remove_work(work=WORK_DIR) -> None:
-    """Delete a work folder (never the course directory or a submissions folder)."""
-    work = Path(work).resolve()
-    if work == COURSE_DIR.resolve() or (work / "source").is_dir():
-        raise ValueError(f"{work} looks like a course directory; refusing to delete it")
-    shutil.rmtree(work, ignore_errors=True)
