@@ -21,6 +21,9 @@ from __future__ import annotations
 
 import ast
 import csv
+import io
+import os
+import sys
 import json
 import logging
 import re
@@ -34,7 +37,7 @@ import nbformat
 from traitlets.config import Config
 
 from classroom import forkkernel
-from mmcourse.utils import build_dir
+from mmcourse.utils import atomic_write, build_dir
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 COURSE_DIR = PROJECT_ROOT / "assignments"
@@ -119,8 +122,6 @@ class Classroom:
         return sorted(p.name for p in folder.glob("*.ipynb"))
 
     def _api(self, submissions=None):
-        import os
-        import sys
         # nbgrader runs the `alembic` command of its own environment to check the gradebook's schema
         bin_dir = str(Path(sys.executable).parent)
         if bin_dir not in os.environ.get("PATH", "").split(os.pathsep):
@@ -203,18 +204,9 @@ class Classroom:
                        cells)
 
     def _write_reports(self, api, outcomes: list[Outcome], feedback: bool) -> None:
+        """Feedback first (its failures join the reason), then grades.csv, then nbgrader's export."""
         from nbgrader.api import Gradebook
         from nbgrader.plugins import CsvExportPlugin
-        with open(self.work / "grades.csv", "w", newline="") as fh:
-            writer = csv.writer(fh)
-            writer.writerow(GRADE_COLUMNS)
-            for o in outcomes:
-                writer.writerow([o.student, o.assignment, o.status, f"{o.score:g}", f"{o.max_score:g}",
-                                 o.reason, f"{o.seconds:.1f}"])
-        with Gradebook(api.coursedir.db_url) as gradebook:
-            plugin = CsvExportPlugin()
-            plugin.to = str(self.work / "nbgrader_grades.csv")
-            plugin.export(gradebook)
         for o in outcomes if feedback else ():
             folder = self.work / "feedback" / o.student / o.assignment
             if o.status == "graded":
@@ -225,6 +217,22 @@ class Classroom:
                 folder.mkdir(parents=True, exist_ok=True)
                 (folder / "NOT_GRADED.txt").write_text(f"{o.assignment} of {o.student}: {o.status}. {o.reason}\n")
 
+        def write_grades(fh) -> None:
+            text = io.TextIOWrapper(fh, encoding="utf-8", newline="")
+            writer = csv.writer(text)
+            writer.writerow(GRADE_COLUMNS)
+            for o in outcomes:
+                writer.writerow([o.student, o.assignment, o.status, f"{o.score:g}", f"{o.max_score:g}",
+                                 o.reason, f"{o.seconds:.1f}"])
+            text.flush()
+            text.detach()
+
+        atomic_write(self.work / "grades.csv", write_grades)    # a reader never sees half a class
+        with Gradebook(api.coursedir.db_url) as gradebook:
+            plugin = CsvExportPlugin()
+            plugin.to = str(self.work / "nbgrader_grades.csv")
+            plugin.export(gradebook)
+
 
 class _kernels:
     """Within: grading kernels start from a zygote (``fork``) through the course's kernelspec."""
@@ -234,7 +242,6 @@ class _kernels:
 
     def __enter__(self):
         if self.fork:
-            import os
             share = self.work / "jupyter"
             forkkernel.write_kernelspec(share)
             self._path = os.environ.get("JUPYTER_PATH")
@@ -245,7 +252,6 @@ class _kernels:
 
     def __exit__(self, *exc):
         if self.zygote is not None:
-            import os
             self.zygote.__exit__(*exc)
             if self._path is None:
                 os.environ.pop("JUPYTER_PATH", None)
