@@ -20,6 +20,7 @@ test cell earns nothing. Kernels are forked from a warm process (:mod:`classroom
 from __future__ import annotations
 
 import ast
+import contextlib
 import csv
 import io
 import os
@@ -234,29 +235,25 @@ class Classroom:
             plugin.export(gradebook)
 
 
-class _kernels:
+@contextlib.contextmanager
+def _kernels(work: Path, fork: bool, preload):
     """Within: grading kernels start from a zygote (``fork``) through the course's kernelspec."""
-
-    def __init__(self, work: Path, fork: bool, preload):
-        self.work, self.fork, self.preload, self.zygote = work, fork, preload, None
-
-    def __enter__(self):
-        if self.fork:
-            share = self.work / "jupyter"
-            forkkernel.write_kernelspec(share)
-            self._path = os.environ.get("JUPYTER_PATH")
-            os.environ["JUPYTER_PATH"] = os.pathsep.join(p for p in (str(share), self._path) if p)
-            socket_path = Path(tempfile.gettempdir()) / f"mmcourse-grader-{os.getpid()}.sock"   # < 108 bytes
-            self.zygote = forkkernel.Zygote(socket_path, self.preload).__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        if self.zygote is not None:
-            self.zygote.__exit__(*exc)
-            if self._path is None:
-                os.environ.pop("JUPYTER_PATH", None)
-            else:
-                os.environ["JUPYTER_PATH"] = self._path
+    if not fork:
+        yield
+        return
+    share = work / "jupyter"
+    forkkernel.write_kernelspec(share)
+    previous = os.environ.get("JUPYTER_PATH")
+    os.environ["JUPYTER_PATH"] = os.pathsep.join(p for p in (str(share), previous) if p)
+    socket_path = Path(tempfile.gettempdir()) / f"mmcourse-grader-{os.getpid()}.sock"   # < 108 bytes
+    try:
+        with forkkernel.Zygote(socket_path, preload):
+            yield
+    finally:
+        if previous is None:
+            os.environ.pop("JUPYTER_PATH", None)
+        else:
+            os.environ["JUPYTER_PATH"] = previous
 
 
 def _imported_modules(source: str) -> set[str]:
