@@ -265,3 +265,168 @@ def linear_probe_accuracy(train_x, train_y, test_x, test_y, per_class: int | Non
     probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=PROBE_MAX_ITER))
     with threadpool_limits(1):
         return float((probe.fit(x, y).predict(xt) == yt).mean())
+
+
+# ----------------------------------------------------------------------------- detection and risk scores
+# Binary scores (chapters 11-13): the higher the score, the likelier the positive class. A weighted form
+# (distinct scores with the positive and negative mass at each) serves both a sample (masses = counts) and
+# a population (masses = probabilities), so the exact Bayes values of mmcourse.applications and the
+# test-set figures are one computation.
+
+TIE_DECIMALS = 12   # scores equal to 12 decimals are one tie group (a posterior computed two ways differs by ~1e-16)
+
+
+def _check_binary(scores, labels) -> tuple[np.ndarray, np.ndarray]:
+    s, y = as_numpy(scores).astype(np.float64), as_numpy(labels)
+    if s.ndim != 1 or y.shape != s.shape or len(s) == 0:
+        raise ValueError(f"scores and labels must be 1-D of equal length >= 1, got {s.shape} and {y.shape}")
+    if not np.isfinite(s).all():
+        raise ValueError("scores must be finite")
+    if y.dtype == bool:
+        y = y.astype(np.int64)
+    if not np.issubdtype(y.dtype, np.integer) or not np.isin(y, (0, 1)).all():
+        raise ValueError("labels must be 0 (negative) or 1 (positive)")
+    if y.min() == y.max():
+        raise ValueError(f"labels must hold both classes to rank them; all {len(y)} are {int(y[0])}")
+    return s, y
+
+
+def _groups(s, pos, neg):
+    """Tie groups in descending score order: (distinct scores, positive mass, negative mass), each (G,)."""
+    s = np.round(np.asarray(s, np.float64), TIE_DECIMALS)
+    distinct, inverse = np.unique(-s, return_inverse=True)            # ascending -s = descending s
+    p = np.bincount(inverse.reshape(-1), weights=pos, minlength=len(distinct))
+    n = np.bincount(inverse.reshape(-1), weights=neg, minlength=len(distinct))
+    return -distinct, p, n
+
+
+def _check_masses(s, pos, neg):
+    s, pos, neg = (np.asarray(a, np.float64).reshape(-1) for a in (s, pos, neg))
+    if not (s.shape == pos.shape == neg.shape) or (pos < 0).any() or (neg < 0).any():
+        raise ValueError(f"scores, positive and negative masses must be equal-length and >= 0, got shapes "
+                         f"{s.shape}, {pos.shape}, {neg.shape}")
+    if pos.sum() <= 0 or neg.sum() <= 0:
+        raise ValueError("both the positive and the negative mass must be > 0")
+    return s, pos, neg
+
+
+def population_auroc(s, pos, neg) -> float:
+    """AUROC of scores ``s`` (O,) with positive and negative masses (O,): P(s+ > s-) + P(s+ = s-) / 2."""
+    _, p, n = _groups(*_check_masses(s, pos, neg))
+    below = n.sum() - np.cumsum(n)                                     # negative mass strictly below each group
+    return float((p * (below + 0.5 * n)).sum() / (p.sum() * n.sum()))
+
+
+def population_ap(s, pos, neg) -> float:
+    """Average precision of a population: the area under its precision-recall curve, tied scores ordered at
+    random (within a tie group the positives come at the group's rate, so precision moves smoothly).
+
+    A group holding mass m = p + n after mass b with positive mass a adds
+    (s/P) * integral_0^m (a + s t) / (b + t) dt, s = p / m:  (s/P) (s m + (a - s b) ln((b + m) / b)).
+    """
+    _, p, n = _groups(*_check_masses(s, pos, neg))
+    m = p + n
+    a = np.cumsum(p) - p                                               # positive mass before each group
+    b = np.cumsum(m) - m                                               # all mass before each group
+    rate = np.divide(p, m, out=np.zeros_like(p), where=m > 0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        log_term = np.where(b > 0, (a - rate * b) * np.log(np.where(b > 0, (b + m) / b, 1.0)), 0.0)
+    return float((rate * (rate * m + log_term)).sum() / p.sum())
+
+
+def roc_auc(scores, labels) -> float:
+    """Area under the ROC curve of binary ``scores`` (N,) for ``labels`` (N,) in {0, 1}; ties count 1/2
+    (scikit-learn's ``roc_auc_score``)."""
+    s, y = _check_binary(scores, labels)
+    return population_auroc(s, y == 1, y == 0)
+
+
+def average_precision(scores, labels) -> float:
+    """Average precision of binary ``scores`` (N,): mean over positives of the precision at their rank.
+
+    Without ties it equals scikit-learn's ``average_precision_score``. Tied scores are ordered at random
+    (their expected order: the group's positives spread evenly over it), where scikit-learn takes the
+    whole group at its last rank; so a tied score, such as a Bayes posterior that takes few values, is
+    not penalised against a model whose continuous scores never tie.
+    """
+    s, y = _check_binary(scores, labels)
+    _, p, n = _groups(s, (y == 1).astype(np.float64), (y == 0).astype(np.float64))
+    m = p + n
+    a, b = np.cumsum(p) - p, np.cumsum(m) - m
+    counts = p.astype(np.int64)
+    g = np.repeat(np.arange(len(p)), counts)                           # the group of each positive
+    j = np.arange(len(g)) - np.repeat(np.cumsum(counts) - counts, counts) + 1   # its index 1..p in the group
+    precision = (a[g] + j) / (b[g] + j * m[g] / p[g])
+    return float(precision.sum() / p.sum())
+
+
+def binary_brier(probs, labels) -> float:
+    """Brier score of P(positive) ``probs`` (N,) for ``labels`` (N,) in {0, 1}: mean (p - y)^2.
+
+    Half the multi-class :func:`brier_score` of the two-column probabilities.
+    """
+    p, y = as_numpy(probs).astype(np.float64), as_numpy(labels)
+    if p.ndim != 1 or y.shape != p.shape or len(p) == 0:
+        raise ValueError(f"probs and labels must be 1-D of equal length >= 1, got {p.shape} and {y.shape}")
+    if not np.isfinite(p).all() or p.min() < 0 or p.max() > 1:
+        raise ValueError("probs must hold probabilities in [0, 1]")
+    if not np.isin(y, (0, 1)).all():
+        raise ValueError("labels must be 0 or 1")
+    return float(((p - y) ** 2).mean())
+
+
+def reliability_bins(probs, labels, bins: int = 10) -> dict[str, np.ndarray]:
+    """A reliability diagram's data for binary ``probs`` (N,): per equal-width bin of P(positive), its
+    count, mean predicted probability and observed positive rate (NaN for an empty bin); and the binary
+    expected calibration error sum over bins |rate - mean prob| * count / N under key ``"ece"``."""
+    p, y = as_numpy(probs).astype(np.float64), as_numpy(labels).astype(np.float64)
+    if p.ndim != 1 or y.shape != p.shape or len(p) == 0 or bins < 1:
+        raise ValueError(f"expected probs (N,), labels (N,) and bins >= 1, got {p.shape}, {y.shape}, {bins}")
+    index = np.clip((p * bins).astype(np.int64), 0, bins - 1)
+    count = np.bincount(index, minlength=bins).astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_p = np.bincount(index, weights=p, minlength=bins) / count
+        rate = np.bincount(index, weights=y, minlength=bins) / count
+    ece = float(np.nansum(np.abs(rate - mean_p) * count) / len(p))
+    return {"count": count, "mean_prob": mean_p, "rate": rate, "edges": np.linspace(0, 1, bins + 1),
+            "ece": np.float64(ece)}
+
+
+def bootstrap_se(metric, *arrays, n_boot: int = 200, seed: int = 0) -> float:
+    """Standard error of ``metric(*arrays)`` over test sets resampled with replacement (all arrays alike).
+
+    Resamples in which ``metric`` raises a ValueError (e.g. no positive drawn) are skipped.
+    """
+    arrays = [as_numpy(a) for a in arrays]
+    n = len(arrays[0])
+    if any(len(a) != n for a in arrays) or n == 0:
+        raise ValueError(f"arrays must share one length >= 1, got {[len(a) for a in arrays]}")
+    rng = np.random.default_rng(seed)
+    values = []
+    for _ in range(n_boot):
+        idx = rng.integers(0, n, n)
+        try:
+            values.append(metric(*(a[idx] for a in arrays)))
+        except ValueError:
+            continue
+    if len(values) < 2:
+        raise ValueError("fewer than 2 bootstrap resamples could be scored")
+    return float(np.std(values, ddof=1))
+
+
+def threshold_at_false_alarm_rate(scores, labels, rate: float) -> tuple[float, float, float]:
+    """The alarm threshold of binary ``scores`` whose false-alarm rate on these labels is at most ``rate``.
+
+    Alarm when score >= threshold. Returns (threshold, false-alarm rate, detection rate) at the lowest such
+    threshold among the scores (ties move together: a threshold cannot split a tie).
+    """
+    s, y = _check_binary(scores, labels)
+    if not 0.0 <= rate <= 1.0:
+        raise ValueError(f"rate must be a false-alarm rate in [0, 1], got {rate}")
+    distinct, p, n = _groups(s, (y == 1).astype(np.float64), (y == 0).astype(np.float64))
+    far = np.cumsum(n) / n.sum()                                       # alarm at >= each distinct score
+    ok = np.flatnonzero(far <= rate + 1e-12)
+    if len(ok) == 0:
+        return float(np.inf), 0.0, 0.0
+    k = ok[-1]
+    return float(distinct[k]), float(far[k]), float(np.cumsum(p)[k] / p.sum())
