@@ -344,10 +344,12 @@ def roc_auc(scores, labels) -> float:
 def average_precision(scores, labels) -> float:
     """Average precision of binary ``scores`` (N,): mean over positives of the precision at their rank.
 
-    Without ties it equals scikit-learn's ``average_precision_score``. Tied scores are ordered at random
-    (their expected order: the group's positives spread evenly over it), where scikit-learn takes the
-    whole group at its last rank; so a tied score, such as a Bayes posterior that takes few values, is
-    not penalised against a model whose continuous scores never tie.
+    Without ties it equals scikit-learn's ``average_precision_score``. Tied scores are ordered at random,
+    where scikit-learn takes the whole group at its last rank: the j-th of a group's p positives among its
+    m cases is put at its expected rank j (m + 1) / (p + 1) within the group. (The exact expectation of the
+    precision is higher by a Jensen gap of order 1/m, below 0.002 for the groups of chapters 11-13; the
+    tests measure it.) So a tied score, such as a Bayes posterior that takes few values, is not penalised
+    against a model whose continuous scores never tie.
     """
     s, y = _check_binary(scores, labels)
     _, p, n = _groups(s, (y == 1).astype(np.float64), (y == 0).astype(np.float64))
@@ -356,7 +358,7 @@ def average_precision(scores, labels) -> float:
     counts = p.astype(np.int64)
     g = np.repeat(np.arange(len(p)), counts)                           # the group of each positive
     j = np.arange(len(g)) - np.repeat(np.cumsum(counts) - counts, counts) + 1   # its index 1..p in the group
-    precision = (a[g] + j) / (b[g] + j * m[g] / p[g])
+    precision = (a[g] + j) / (b[g] + j * (m[g] + 1) / (p[g] + 1))   # the j-th positive's expected rank in its group
     return float(precision.sum() / p.sum())
 
 
