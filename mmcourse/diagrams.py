@@ -616,6 +616,7 @@ _MAP_LAYOUT = {
     "inference": ((7.5, 1.0), "10"),
 }
 _TAGGING = ("token tagging, MiniLM", (6.0, 2.2), "09")      # a task adapted like chapter 08's, beside the map
+_APPLICATIONS = ("applications (§6)", (7.5, 2.2), "11-13")   # surveillance, medical, driving: the model in use
 _STAGE_ROW_Y = -1.1                                           # the row of the three stages (the article's §3.1)
 
 
@@ -626,6 +627,8 @@ def plot_course_map():
     arrows = [(src, dst, "") for src, dst in PIPELINE_EDGES]
     boxes[_TAGGING[0]] = Box(_TAGGING[0], _TAGGING[1], f"(ch. {_TAGGING[2]})", "data")
     arrows.append(("task adaptation", _TAGGING[0], ""))
+    boxes[_APPLICATIONS[0]] = Box(_APPLICATIONS[0], _APPLICATIONS[1], f"(ch. {_APPLICATIONS[2]})", "data")
+    arrows.append(("inference", _APPLICATIONS[0], ""))
     for i, (name, chapter, *_) in enumerate(STAGES):
         boxes[name] = Box(name, (1.0 + 2.75 * i, _STAGE_ROW_Y), f"(ch. {chapter})", "trained")
         if i:

@@ -29,9 +29,9 @@ GLOSSARY: tuple[tuple[str, str, str], ...] = (
     ("知识图谱融合", "knowledge-graph fusion", "frontiers"),
     ("模型剪枝", "model pruning", "efficiency"),
     ("量化加速", "quantisation", "efficiency"),
-    ("智能安防", "intelligent surveillance", "applications"),
-    ("医疗影像分析", "medical image analysis", "applications"),
-    ("智能驾驶", "intelligent driving", "applications"),
+    ("智能安防", "intelligent surveillance", "11"),
+    ("医疗影像分析", "medical image analysis", "12"),
+    ("智能驾驶", "intelligent driving", "13"),
 )
 
 # The article's pipeline diagram: multimodal data -> fusion -> joint training ->
