@@ -2,9 +2,11 @@
 
 A notebook records what it measured (:meth:`Results.record`) and checks each target (:meth:`Results.check`:
 the profile's strict bound in ``default`` and ``full``, a loose bound in ``smoke``). Its last cell calls
-:meth:`Results.finish`, which writes the JSON and shows the table together with the digest of the
-``mmcourse`` sources the notebook ran with (:func:`source_digest`), in a machine-readable output
-(:data:`RESULTS_MIME`). ``make course`` gathers the JSON files into ``build/results.json`` and
+:meth:`Results.finish`, which writes the JSON and shows the table together with the SHA-256 of every
+``mmcourse`` source file the notebook's kernel had loaded (:func:`loaded_sources`, :func:`source_hashes`) and
+their digest, in a machine-readable output (:data:`RESULTS_MIME`). Hashing the files a run loaded, rather
+than the whole package, proves the same thing (no file the run executed has changed since) without making
+every chapter stale when a module it never imports is added or edited. ``make course`` gathers the JSON files into ``build/results.json`` and
 ``build/RESULTS.md``; :func:`committed_run_problems` reads a committed notebook and says whether its run is of
 the current code, in the default profile, with every target met.
 """
@@ -13,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -23,21 +26,50 @@ RESULTS_MIME = "application/vnd.mmcourse.results+json"   # the output type :meth
 DIGEST_SHOWN = 12                                        # hex digits of the digest printed for a reader
 
 
-def source_digest(package: Path | None = None) -> str:
-    """SHA-256 over every ``.py`` file of the package (relative path and bytes, in sorted order).
+PACKAGE = Path(__file__).resolve().parent
+MISSING = "missing"          # the hash recorded for a source file that no longer exists
 
-    Any change of the code, a comment included, changes it; ``package`` defaults to the installed
-    ``mmcourse`` folder (a copy elsewhere can be hashed to compare).
-    """
-    package = Path(package) if package is not None else Path(__file__).resolve().parent
+
+def _package(package) -> Path:
+    package = Path(package) if package is not None else PACKAGE
     if not package.is_dir():
         raise FileNotFoundError(f"package folder {package} does not exist")
+    return package
+
+
+def loaded_sources(package: Path | None = None) -> list[str]:
+    """The ``.py`` files of the package that this process has imported, as sorted relative paths."""
+    package = _package(package).resolve()
+    files = set()
+    for module in list(sys.modules.values()):
+        path = getattr(module, "__file__", None)
+        if path and path.endswith(".py") and Path(path).resolve().is_relative_to(package):
+            files.add(Path(path).resolve().relative_to(package).as_posix())
+    return sorted(files)
+
+
+def source_hashes(files=None, package: Path | None = None) -> dict[str, str]:
+    """SHA-256 of each source file (relative paths; ``None``: every ``.py`` file of the package but caches),
+    :data:`MISSING` for one that does not exist. ``package`` defaults to the installed ``mmcourse`` folder."""
+    package = _package(package)
+    if files is None:
+        files = [p.relative_to(package).as_posix() for p in package.rglob("*.py") if "__pycache__" not in p.parts]
+    out = {}
+    for rel in sorted(files):
+        path = package / rel
+        out[rel] = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else MISSING
+    return out
+
+
+def source_digest(package: Path | None = None, files=None) -> str:
+    """One SHA-256 over the per-file hashes of :func:`source_hashes` (path and hash, in sorted order).
+
+    Any change of a hashed file, a comment included, changes it; ``files`` None hashes every ``.py``
+    file of the package, so a file added or removed changes it too.
+    """
     h = hashlib.sha256()
-    for path in sorted(package.rglob("*.py")):
-        if "__pycache__" in path.parts:
-            continue
-        h.update(path.relative_to(package).as_posix().encode("utf-8") + b"\0")
-        h.update(path.read_bytes() + b"\0")
+    for rel, digest in source_hashes(files, package).items():
+        h.update(rel.encode("utf-8") + b"\0" + digest.encode("ascii") + b"\0")
     return h.hexdigest()
 
 
@@ -57,7 +89,8 @@ class Results:
     profile: str
     device: str = field(default_factory=lambda: str(get_device()))
     figures: list[Figure] = field(default_factory=list)
-    digest: str = field(default_factory=source_digest)
+    digest: str = field(default_factory=source_digest)   # of the files in ``sources`` once finished
+    sources: dict[str, str] = field(default_factory=dict)  # loaded source file -> its SHA-256, set by finish()
 
     def record(self, name: str, value, target: str | None = None, held: bool | None = None) -> None:
         """Add (or replace) a figure; a target needs ``held`` and vice versa."""
@@ -102,7 +135,12 @@ class Results:
         return held
 
     def finish(self, folder: Path | None = None) -> "Finished":
-        """Save the JSON and return what the notebook's last cell shows: the table and the code's digest."""
+        """Save the JSON and return what the notebook's last cell shows: the table and the code's digest.
+
+        Records the hash of every ``mmcourse`` source file loaded by now (the notebook's last cell runs
+        after every import) and their digest."""
+        self.sources = source_hashes(loaded_sources())
+        self.digest = source_digest(files=list(self.sources))
         self.save(folder)
         return Finished(self)
 
@@ -140,9 +178,11 @@ class Finished:
 
 def committed_run_problems(notebook: Path, digest: str | None = None, profile: str = "default") -> list[str]:
     """What is wrong with a committed notebook's run: [] when it is of the current code, in ``profile``,
-    with every recorded target met; otherwise one sentence per problem, naming the notebook."""
+    with every recorded target met; otherwise one sentence per problem, naming the notebook.
+
+    "The current code" is every source file the run loaded, as it is now (a changed or deleted one is
+    named); ``digest`` given compares the recorded digest with it instead."""
     notebook = Path(notebook)
-    digest = digest if digest is not None else source_digest()
     nb = json.loads(notebook.read_text(encoding="utf-8"))
     records = [o["data"][RESULTS_MIME] for c in nb.get("cells", []) if c.get("cell_type") == "code"
                for o in c.get("outputs", []) if RESULTS_MIME in o.get("data", {})]
@@ -150,9 +190,19 @@ def committed_run_problems(notebook: Path, digest: str | None = None, profile: s
         return [f"{notebook.name}: {len(records)} results outputs (expected one, from Results.finish())"]
     r = records[0]
     problems = []
-    if r.get("digest") != digest:
-        problems.append(f"{notebook.name}: ran with mmcourse {str(r.get('digest'))[:DIGEST_SHOWN]}, the package is now "
-                        f"{digest[:DIGEST_SHOWN]}: re-execute it (make execute)")
+    recorded = r.get("sources") or {}
+    if digest is None and recorded:
+        now = source_hashes(list(recorded))
+        changed = [f for f in recorded if now[f] != recorded[f]]
+        if changed:
+            shown = ", ".join(f"mmcourse/{f}" for f in changed[:3]) + (
+                f" and {len(changed) - 3} more" if len(changed) > 3 else "")
+            problems.append(f"{notebook.name}: ran with another version of {shown}: re-execute it (make execute)")
+    else:
+        want = digest if digest is not None else source_digest()
+        if r.get("digest") != want:
+            problems.append(f"{notebook.name}: ran with mmcourse {str(r.get('digest'))[:DIGEST_SHOWN]}, the package "
+                            f"is now {want[:DIGEST_SHOWN]}: re-execute it (make execute)")
     if r.get("profile") != profile:
         problems.append(f"{notebook.name}: committed run is of the {r.get('profile')!r} profile, not {profile!r}")
     problems += [f"{notebook.name}: target missed: {f['name']} = {f['value']} (target {f['target']})"

@@ -198,9 +198,42 @@ def test_a_finished_run_reads_back_clean_from_the_notebook(tmp_path):
     r.profile = "default"
     r.figures = [f for f in r.figures if f.held is not False]
     bundle = r.finish(tmp_path)._repr_mimebundle_()
-    assert bundle[RESULTS_MIME]["digest"] == source_digest()
-    assert source_digest()[:12] in bundle["text/markdown"]
-    assert committed_run_problems(_committed(tmp_path, bundle[RESULTS_MIME])) == []
+    record = bundle[RESULTS_MIME]
+    assert {"report.py", "config.py", "__init__.py"} <= set(record["sources"])     # what this process imported
+    assert record["digest"] == source_digest(files=list(record["sources"]))
+    assert record["digest"][:12] in bundle["text/markdown"]
+    assert committed_run_problems(_committed(tmp_path, record)) == []
+
+
+def test_a_run_is_stale_only_when_a_file_it_loaded_changed(tmp_path, monkeypatch):
+    import mmcourse.report as report
+    package = tmp_path / "pkg"
+    (package / "sub").mkdir(parents=True)
+    for rel in ("a.py", "b.py", "sub/c.py"):
+        (package / rel).write_text(f"# {rel}\n")
+    monkeypatch.setattr(report, "PACKAGE", package)
+    record = {"notebook": "05_fusion", "profile": "default", "figures": [],
+              "sources": report.source_hashes(["a.py", "sub/c.py"])}
+    record["digest"] = report.source_digest(files=list(record["sources"]))
+    path = _committed(tmp_path, record)
+    assert committed_run_problems(path) == []
+    (package / "b.py").write_text("# changed, but the run never loaded it\n")
+    (package / "new.py").write_text("# added\n")
+    assert committed_run_problems(path) == []
+    (package / "sub" / "c.py").write_text("# changed\n")
+    assert committed_run_problems(path) == [
+        "05_fusion.ipynb: ran with another version of mmcourse/sub/c.py: re-execute it (make execute)"]
+    (package / "a.py").unlink()
+    assert "mmcourse/a.py, mmcourse/sub/c.py" in committed_run_problems(path)[0]
+    assert report.source_hashes(["a.py"]) == {"a.py": report.MISSING}
+
+
+def test_loaded_sources_lists_imported_package_files():
+    from mmcourse import metrics
+    from mmcourse.report import loaded_sources
+    files = loaded_sources()
+    assert metrics.__file__.endswith("metrics.py")
+    assert "metrics.py" in files and files == sorted(files) and all(f.endswith(".py") for f in files)
 
 
 def test_committed_run_fails_on_a_changed_package_a_missed_target_a_smoke_run_or_no_record(tmp_path):
