@@ -14,7 +14,10 @@ modality imbalance), ``adapt`` (stage 3: linear probe, top layers, full
 fine-tuning, LoRA, adapters, prompt tuning; the downstream task), ``tagging``
 (grounded token tagging and its token- and entity-level reports), ``minilm``
 (the pretrained all-MiniLM-L6-v2 text tower, loaded offline), ``pipeline``
-(the three stages as one run), ``inference`` (``predict`` on raw inputs), ``metrics``,
-``plots``, ``report`` and ``course`` (running every notebook).
+(the three stages as one run), ``inference`` (``predict`` on raw inputs), ``metrics``
+(accuracy, calibration, retrieval, and the detection scores AUROC and average precision),
+``applications`` (the worlds of the article's applications: surveillance, medical imaging and
+driving, each with the exact Bayes value of its field's metric), ``plots``, ``report`` and
+``course`` (running every notebook).
 """
 __version__ = "0.1.0"
