@@ -66,10 +66,10 @@ def section(request):
 
 
 def test_the_chapters_have_exercises():
-    assert len(NOTEBOOKS) == 11
+    assert len(NOTEBOOKS) >= 11
     counts = [len(exercises(exercise_cells(p))) for p in NOTEBOOKS]
     assert all(n >= 2 for n in counts), counts
-    assert sum(counts) >= 45, counts
+    assert sum(counts[:11]) >= 48 and all(n >= 3 for n in counts[11:]), counts   # 48 in 00-10, 3+ in each later one
 
 
 def test_every_exercise_is_checked_or_has_a_rubric(section):
