@@ -321,7 +321,7 @@ class DrivingConfig:
 
 
 DRIVING: dict[str, DrivingConfig] = {
-    "smoke": DrivingConfig(train=1200, test=1000, epochs=2),
+    "smoke": DrivingConfig(train=2000, test=1000, epochs=3, lr=5e-3),
     "default": DrivingConfig(train=6000, test=4000, epochs=6),
     "full": DrivingConfig(train=40000, test=20000, epochs=20, batch_size=128, dim=64, hidden=128,
                           camera_widths=(16, 32, 64)),
