@@ -71,7 +71,7 @@ def test_renders_show_each_observed_variable_unambiguously():
     assert (fog == (c["fog"] == 1)).mean() >= 0.99
     background = np.where(fog, d.FOG_GREY, d.ROAD)[:, None, None]
     mask = np.abs(img - background[:, None]).max(1) > 0.3           # (N, S, S) object pixels
-    width, height = mask.any(1).sum(1), mask.any(2).sum(1)
+    width = mask.any(1).sum(1)                                       # columns the object spans
     seen = np.select([~mask.any((1, 2)), width >= 13, width <= 4], [3, 0, 1], 2)   # nothing, car, pedestrian, disc
     assert (seen == c["camera_sees"]).mean() >= 0.99
     lid = x["lidar"].numpy()
