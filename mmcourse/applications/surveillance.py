@@ -133,6 +133,12 @@ def frame_view_world() -> DiscreteWorld:
                          observes={"last_frame": ("last_frame",), "frame_set": ("frame_set",), "video": ("video",)})
 
 
+def frame_views(cases: Mapping) -> dict[str, np.ndarray]:
+    """``cases`` with the two views of :func:`frame_view_world` added: ``last_frame`` and ``frame_set``."""
+    video = _cases_array(cases, "video")
+    return {**{k: _cases_array(cases, k) for k in cases}, "last_frame": _last_frame(video), "frame_set": _frame_set(video)}
+
+
 # ----------------------------------------------------------------------------- renders
 
 IMAGE_SIZE = 32
