@@ -120,3 +120,21 @@ def test_unknown_or_single_string_sensors_are_refused():
         world.table("audio")
     with pytest.raises(ValueError, match="unknown sensors"):
         world.table(("lidar",))
+
+
+def test_a_subgroup_table_is_the_brute_force_joint_restricted_and_renormalised():
+    world = small_world()
+    t = world.table(("audio",), given={"night": 1})
+    names = list(world.variables)
+    joint = defaultdict(lambda: np.zeros(2))
+    for combo in itertools.product(*(range(world.variables[n].card) for n in names)):
+        value = dict(zip(names, combo))
+        if value["night"] != 1:
+            continue
+        p = np.prod([world.variables[n].cpt[tuple(value[q] for q in world.variables[n].parents) + (value[n],)]
+                     for n in names])
+        joint[value["audio"]][value["abnormal"]] += p
+    ref = np.array([joint[k] for k in sorted(joint)])
+    assert np.allclose(t.joint, ref / ref.sum(), atol=1e-12)
+    with pytest.raises(ValueError, match="has values 0..1"):
+        world.table(("audio",), given={"night": 2})

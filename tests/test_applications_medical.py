@@ -92,7 +92,7 @@ def test_world_design_constraints():
     prevalence = WORLD.table(()).joint[:, 1].sum()
     assert 0.08 < prevalence < 0.12, "about 10 % prevalence"
     assert WORLD.table(("image", "record")).accuracy() - (1 - prevalence) < 0.06, "accuracy barely above 'healthy'"
-    dense, fatty = (med.subgroup_table(WORLD, ("image", "record"), "density", v).auroc() for v in (1, 0))
+    dense, fatty = (WORLD.table(("image", "record"), given={"density": v}).auroc() for v in (1, 0))
     assert dense < fatty - 0.03, "dense tissue is the harder subgroup"
 
 
@@ -115,16 +115,16 @@ def test_renders_show_every_observed_value_unambiguously():
 
 def test_subgroup_tables_recombine_into_the_whole():
     full = WORLD.table(("image",))
-    parts = [med.subgroup_table(WORLD, ("image",), "density", v) for v in range(2)]
+    parts = [WORLD.table(("image",), given={"density": v}) for v in range(2)]
     joint = np.zeros_like(full.joint)
     for v, t in enumerate(parts):
         joint[np.searchsorted(full.keys, t.keys)] += CFG.density[v] * t.joint
         assert abs(t.joint.sum() - 1) < 1e-12
     assert np.allclose(joint, full.joint, atol=1e-12)
     with pytest.raises(ValueError, match="unknown variable"):
-        med.subgroup_table(WORLD, ("image",), "tissue", 0)
+        WORLD.table(("image",), given={"tissue": 0})
     with pytest.raises(ValueError, match="has values 0..1"):
-        med.subgroup_table(WORLD, ("image",), "density", 2)
+        WORLD.table(("image",), given={"density": 2})
 
 
 def test_bayes_posterior_has_zero_population_ece():

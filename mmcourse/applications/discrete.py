@@ -56,6 +56,26 @@ def deterministic(name: str, values, parents, fn) -> Variable:
     return Variable(name, tuple(values), tuple(parents), ("deterministic", fn))
 
 
+def uniform(name: str, k: int) -> Variable:
+    """A variable with values "0" .. "k-1", all equally likely and without parents (e.g. a render's nuisance)."""
+    return Variable(name, tuple(str(i) for i in range(k)), (), np.full(k, 1.0 / k))
+
+
+def check_cases(cases: Mapping[str, np.ndarray], names: Sequence[str]) -> int:
+    """The number of cases N, after checking that ``cases`` holds every variable of ``names``, (N,) each.
+
+    Raises:
+        ValueError: naming the missing variables, or the differing lengths.
+    """
+    missing = [n for n in names if n not in cases]
+    if missing:
+        raise ValueError(f"cases lack the variables {missing}; sample them with the world's sample(n, rng)")
+    sizes = {len(np.asarray(cases[n])) for n in names}
+    if len(sizes) != 1:
+        raise ValueError(f"every variable of cases needs one entry per case, got lengths {sorted(sizes)}")
+    return sizes.pop()
+
+
 class DiscreteWorld:
     """A Bayesian network of discrete variables with a label and sensors that observe some of them.
 
@@ -187,17 +207,37 @@ class DiscreteWorld:
             key = key * self.variables[name].card + np.asarray(cases[name], dtype=np.int64)
         return key
 
-    def table(self, sensors) -> "BayesTable":
-        """The joint table P(observation, label) of a sensor subset (the empty subset included)."""
+    def table(self, sensors, given: Mapping[str, int] | None = None) -> "BayesTable":
+        """The joint table P(observation, label) of a sensor subset (the empty subset included).
+
+        ``given`` ({variable: value index}) restricts it to a subgroup: P(observation, label | given), the
+        table of a Bayes rule that knows the subgroup (e.g. the tissue density of chapter 12).
+
+        Raises:
+            ValueError: for an unknown variable or value in ``given``, or a subgroup of probability 0.
+        """
         subset = self.check_subset(sensors)
-        if subset not in self._tables:
+        given = dict(sorted((given or {}).items()))
+        for name, value in given.items():
+            if name not in self.variables:
+                raise ValueError(f"unknown variable {name!r}; variables: {list(self.variables)}")
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or \
+                    not 0 <= value < self.variables[name].card:
+                raise ValueError(f"{name!r} has values 0..{self.variables[name].card - 1}, got {value!r}")
+        cache = (subset, tuple(given.items()))
+        if cache not in self._tables:
             values, prob = self.states()
-            key = self.observation_key(values, subset)
+            keep = np.ones(len(prob), dtype=bool)
+            for name, value in given.items():
+                keep &= values[name] == value
+            if not prob[keep].sum() > 0:
+                raise ValueError(f"the subgroup {given} has probability 0")
+            key = self.observation_key({k: v[keep] for k, v in values.items()}, subset)
             keys, inverse = np.unique(key, return_inverse=True)
             joint = np.zeros((len(keys), self.variables[self.label].card))      # (O, C)
-            np.add.at(joint, (inverse.reshape(-1), values[self.label]), prob)
-            self._tables[subset] = BayesTable(subset, keys, joint)
-        return self._tables[subset]
+            np.add.at(joint, (inverse.reshape(-1), values[self.label][keep]), prob[keep])
+            self._tables[cache] = BayesTable(subset, keys, joint / joint.sum())
+        return self._tables[cache]
 
     def posterior(self, cases: Mapping[str, np.ndarray], sensors) -> np.ndarray:
         """Exact P(label | what ``sensors`` observe) of sampled cases: (N, C) float64."""

@@ -31,7 +31,7 @@ width, C label values.
 """
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -44,7 +44,7 @@ from ..evaluation import run_batches
 from ..fusion import ConcatFusion, FusionModel, GatedFusion, SumFusion
 from ..metrics import bootstrap_se
 from ..training import TrainConfig, classification_loss, train
-from .discrete import DiscreteWorld, Variable, deterministic
+from .discrete import DiscreteWorld, Variable, check_cases, deterministic, uniform
 
 SENSORS = ("camera", "lidar", "radar")                 # sorted: the columns of a presence mask
 CLASSES = ("car", "pedestrian", "cyclist")
@@ -89,10 +89,6 @@ def _cpt(rows) -> np.ndarray:
     return np.asarray(rows, dtype=np.float64)
 
 
-def _uniform(name: str, k: int) -> Variable:
-    return Variable(name, tuple(str(i) for i in range(k)), (), np.full(k, 1.0 / k))
-
-
 def driving_world() -> DiscreteWorld:
     """The chapter's world: label ``obstacle`` (6 values), sensors camera, lidar and radar."""
     other = (1 - CAMERA_CORRECT) / 2
@@ -123,9 +119,9 @@ def driving_world() -> DiscreteWorld:
         Variable("radar_range", BANDS, ("distance_band", "radar_state"), radar_range),
         Variable("radar_speed", ("slow", "medium", "fast"), ("obstacle_class",), _cpt(RADAR_SPEED)),
     ]
-    nuisance = [_uniform("camera_x", POSITIONS), _uniform("camera_y", POSITIONS),
-                _uniform("camera_colour", len(OBJECT_COLOURS)), _uniform("lidar_start", POSITIONS),
-                _uniform("radar_jitter", JITTER_LEVELS)]
+    nuisance = [uniform("camera_x", POSITIONS), uniform("camera_y", POSITIONS),
+                uniform("camera_colour", len(OBJECT_COLOURS)), uniform("lidar_start", POSITIONS),
+                uniform("radar_jitter", JITTER_LEVELS)]
     observes = {"camera": ("fog", "camera_sees"), "lidar": ("lidar_range", "lidar_footprint"),
                 "radar": ("radar_state", "radar_range", "radar_speed")}
     return DiscreteWorld(variables, "obstacle", observes, nuisance)
@@ -133,20 +129,9 @@ def driving_world() -> DiscreteWorld:
 
 # ----------------------------------------------------------------------------- renders
 
-def _check_cases(cases: Mapping[str, np.ndarray], names: Sequence[str]) -> int:
-    """The number of cases N, after checking that ``cases`` holds every variable of ``names``, (N,) each."""
-    missing = [n for n in names if n not in cases]
-    if missing:
-        raise ValueError(f"cases lack the variables {missing}")
-    sizes = {len(np.asarray(cases[n])) for n in names}
-    if len(sizes) != 1:
-        raise ValueError(f"every variable of cases needs one entry per case, got lengths {sorted(sizes)}")
-    return sizes.pop()
-
-
 def render_camera(cases: Mapping[str, np.ndarray], rng: np.random.Generator, size: int = IMAGE_SIZE) -> np.ndarray:
     """The camera image: (N, 3, S, S) float32, about [0, 1] plus noise. Fog: bright grey, no object."""
-    _check_cases(cases, ("fog", "camera_sees", "camera_x", "camera_y", "camera_colour"))
+    check_cases(cases, ("fog", "camera_sees", "camera_x", "camera_y", "camera_colour"))
     if size < MIN_IMAGE_SIZE:
         raise ValueError(f"the camera image needs a side of at least {MIN_IMAGE_SIZE} pixels, got {size}")
     seen, fog = np.asarray(cases["camera_sees"]), np.asarray(cases["fog"]).astype(bool)
@@ -167,7 +152,7 @@ def render_camera(cases: Mapping[str, np.ndarray], rng: np.random.Generator, siz
 
 def render_lidar(cases: Mapping[str, np.ndarray], rng: np.random.Generator) -> np.ndarray:
     """The lidar range profile: (N, LIDAR_BEAMS) float32; 1.0 (plus noise) where a beam sees no object."""
-    n = _check_cases(cases, ("lidar_range", "lidar_footprint", "lidar_start"))
+    n = check_cases(cases, ("lidar_range", "lidar_footprint", "lidar_start"))
     width = np.asarray(FOOTPRINT_BEAMS)[np.asarray(cases["lidar_footprint"])]       # (N,)
     start = np.asarray(cases["lidar_start"]) * (LIDAR_BEAMS - max(FOOTPRINT_BEAMS)) // (POSITIONS - 1)
     beam = np.arange(LIDAR_BEAMS)[None]                                               # (1, LIDAR_BEAMS)
@@ -183,7 +168,7 @@ def render_radar(cases: Mapping[str, np.ndarray], rng: np.random.Generator) -> n
     Point 0 is the target (amplitude 1). A noisy radar adds clutter points (amplitude ``CLUTTER_AMPLITUDE``)
     at random ranges and speeds; a clean one leaves those slots empty (all zeros).
     """
-    n = _check_cases(cases, ("radar_state", "radar_range", "radar_speed", "radar_jitter"))
+    n = check_cases(cases, ("radar_state", "radar_range", "radar_speed", "radar_jitter"))
     interval = np.asarray(RADAR_RANGE)[np.asarray(cases["radar_range"])]            # (N, 2)
     frac = np.asarray(cases["radar_jitter"]) / (JITTER_LEVELS - 1)                    # (N,) in [0, 1]
     target_range = interval[:, 0] + frac * (interval[:, 1] - interval[:, 0])

@@ -40,7 +40,7 @@ from ..encoders import CNNImageEncoder, MLPTabularEncoder
 from ..evaluation import run_batches
 from ..fusion import ConcatFusion, FeatureDataset, FusionModel, LateFusion
 from ..training import TrainConfig, train
-from .discrete import BayesTable, DiscreteWorld, Variable
+from .discrete import BayesTable, DiscreteWorld, Variable, check_cases, uniform
 
 # ----------------------------------------------------------------------------- the world
 
@@ -82,10 +82,6 @@ LAB_START = (0.0, 10.0, 20.0)       # a lab band's lowest value (arbitrary units
 LAB_SPAN = 10
 
 
-def _uniform(name: str, n: int) -> Variable:
-    return Variable(name, tuple(str(i) for i in range(n)), (), np.full(n, 1.0 / n))
-
-
 def medical_world(config: MedicalWorldConfig = MedicalWorldConfig()) -> DiscreteWorld:
     """The chapter's world: label ``disease``; ``image`` observes (density, lesion), ``record`` (age, gene, lab)."""
     disease = np.array([[[1 - r, r] for r in (config.risk[a], config.gene_risk[a])] for a in range(len(AGE_BANDS))])
@@ -98,8 +94,8 @@ def medical_world(config: MedicalWorldConfig = MedicalWorldConfig()) -> Discrete
         Variable("lab", LAB, ("disease",), np.array([config.lab_healthy, config.lab_disease])),
         Variable("lesion", LESION, ("disease", "density"), lesion),               # (C, density, lesion)
     ]
-    nuisance = [_uniform("lesion_x", POSITIONS), _uniform("lesion_y", POSITIONS),
-                _uniform("age_jitter", AGE_SPAN), _uniform("lab_jitter", LAB_SPAN)]
+    nuisance = [uniform("lesion_x", POSITIONS), uniform("lesion_y", POSITIONS),
+                uniform("age_jitter", AGE_SPAN), uniform("lab_jitter", LAB_SPAN)]
     return DiscreteWorld(variables, "disease", {"image": ("density", "lesion"), "record": ("age", "gene", "lab")},
                          nuisance=nuisance)
 
@@ -114,23 +110,13 @@ PIXEL_NOISE = 0.03                  # std of the Gaussian pixel noise: a faint b
 RECORD_FIELDS = ("age_years", "lab_value", "gene_flag")
 
 
-def _check_cases(cases: Mapping[str, np.ndarray], names) -> int:
-    missing = [k for k in names if k not in cases]
-    if missing:
-        raise ValueError(f"cases lack the variables {missing}; sample them with medical_world().sample(n, rng)")
-    n = len(cases[names[0]])
-    if any(len(cases[k]) != n for k in names):
-        raise ValueError(f"cases must hold one value per case for each of {list(names)}")
-    return n
-
-
 def render_images(cases: Mapping[str, np.ndarray], seed: int = 0) -> torch.Tensor:
     """Scans of the cases: (N, 3, S, S) float32 in [0, 1], three equal channels (a grey image).
 
     The background level shows ``density``, a Gaussian blob at (``lesion_x``, ``lesion_y``) with the contrast
     of ``lesion`` shows the lesion; pixel noise comes from ``seed``.
     """
-    n = _check_cases(cases, ("density", "lesion", "lesion_x", "lesion_y"))
+    n = check_cases(cases, ("density", "lesion", "lesion_x", "lesion_y"))
     grid = torch.arange(IMAGE_SIZE, dtype=torch.float32)                                 # (S,)
     cx = torch.as_tensor(POSITION_START + POSITION_STEP * cases["lesion_x"], dtype=torch.float32)  # (N,)
     cy = torch.as_tensor(POSITION_START + POSITION_STEP * cases["lesion_y"], dtype=torch.float32)
@@ -145,7 +131,7 @@ def render_images(cases: Mapping[str, np.ndarray], seed: int = 0) -> torch.Tenso
 
 def render_records(cases: Mapping[str, np.ndarray]) -> torch.Tensor:
     """Patient records: (N, F) float32 rows [age in years, lab value, gene flag]; bands never overlap."""
-    _check_cases(cases, ("age", "gene", "lab", "age_jitter", "lab_jitter"))
+    check_cases(cases, ("age", "gene", "lab", "age_jitter", "lab_jitter"))
     age = np.asarray(AGE_START)[cases["age"]] + cases["age_jitter"]                       # (N,) years
     lab = np.asarray(LAB_START)[cases["lab"]] + cases["lab_jitter"] + 0.5                 # (N,) units
     return torch.as_tensor(np.stack([age, lab, cases["gene"]], axis=1), dtype=torch.float32)
@@ -186,22 +172,6 @@ def make_splits(world: DiscreteWorld, sizes: Mapping[str, int], seed: int) -> di
 
 
 # ----------------------------------------------------------------------------- Bayes tables for the chapter
-
-def subgroup_table(world: DiscreteWorld, sensors, variable: str, value: int) -> BayesTable:
-    """P(observation, label | ``variable`` = ``value``) of a sensor subset: the Bayes table of one subgroup."""
-    subset = world.check_subset(sensors)
-    if variable not in world.variables:
-        raise ValueError(f"unknown variable {variable!r}; variables: {list(world.variables)}")
-    if not 0 <= value < world.variables[variable].card:
-        raise ValueError(f"{variable!r} has values 0..{world.variables[variable].card - 1}, got {value}")
-    values, prob = world.states()
-    keep = values[variable] == value
-    key = world.observation_key({k: v[keep] for k, v in values.items()}, subset)
-    keys, inverse = np.unique(key, return_inverse=True)
-    joint = np.zeros((len(keys), world.variables[world.label].card))                        # (O, C)
-    np.add.at(joint, (inverse.reshape(-1), values[world.label][keep]), prob[keep])
-    return BayesTable(subset, keys, joint / joint.sum())
-
 
 def population_ece(table: BayesTable, bins: int = 10, positive: int = 1) -> float:
     """The ECE of the Bayes posterior in the population, with ``bins`` equal-width bins (it is 0: within any bin,

@@ -48,7 +48,7 @@ from ..fusion import FeatureDataset, FusionModel, make_fusion
 from ..metrics import average_precision, bootstrap_se, population_ap, population_auroc, roc_auc
 from ..modality import check_tensor
 from ..training import History, TrainConfig, classification_loss, train
-from .discrete import DiscreteWorld, Variable, deterministic
+from .discrete import DiscreteWorld, Variable, deterministic, uniform
 
 # ----------------------------------------------------------------------------- the declared world
 
@@ -100,12 +100,8 @@ def surveillance_world() -> DiscreteWorld:
          Variable("audio", AUDIO, ("event",), np.array(AUDIO_CPT)),
          Variable("log", LOG, ("event",), np.array(LOG_CPT))],
         label="abnormal", observes={"audio": ("audio",), "text": ("log",), "video": ("video",)},
-        nuisance=[_uniform("shift_x", SHIFTS_X), _uniform("shift_y", SHIFTS_Y), _uniform("onset", ONSETS),
-                  _uniform("loudness", len(LOUDNESS)), _uniform("camera", CAMERAS), _uniform("clock", CLOCKS)])
-
-
-def _uniform(name: str, k: int) -> Variable:
-    return Variable(name, tuple(str(i) for i in range(k)), (), np.full(k, 1.0 / k))
+        nuisance=[uniform("shift_x", SHIFTS_X), uniform("shift_y", SHIFTS_Y), uniform("onset", ONSETS),
+                  uniform("loudness", len(LOUDNESS)), uniform("camera", CAMERAS), uniform("clock", CLOCKS)])
 
 
 def _last_frame(v):
