@@ -37,7 +37,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..config import get_profile
+from ..config import _check_fraction, _check_positive, _table_entry
 from ..data.dataset import BatchedDataset, make_loader
 from ..encoders import CNNImageEncoder, MLPTabularEncoder
 from ..evaluation import run_batches
@@ -304,6 +304,10 @@ class DrivingConfig:
     camera_widths: tuple[int, int, int] = (8, 16, 16)
     modality_dropout: float = 0.3
 
+    def __post_init__(self):
+        _check_positive(self, ("train", "test", "epochs", "batch_size", "dim", "hidden"))
+        _check_fraction(self, ("modality_dropout",))
+
 
 DRIVING: dict[str, DrivingConfig] = {
     "smoke": DrivingConfig(train=2000, test=1000, epochs=3, lr=5e-3),
@@ -315,10 +319,7 @@ DRIVING: dict[str, DrivingConfig] = {
 
 def driving_config(profile=None) -> DrivingConfig:
     """The :class:`DrivingConfig` of a profile (a name, a :class:`mmcourse.config.Profile` or None)."""
-    profile = get_profile(profile)
-    if profile.name not in DRIVING:
-        raise ValueError(f"no driving settings for profile {profile.name!r}; known: {list(DRIVING)}")
-    return DRIVING[profile.name]
+    return _table_entry(DRIVING, profile, "driving")[1]
 
 
 # ----------------------------------------------------------------------------- models, training, evaluation

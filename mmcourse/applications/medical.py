@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..config import get_profile
+from ..config import _check_positive, _table_entry
 from ..data import make_loader
 from ..encoders import CNNImageEncoder, MLPTabularEncoder
 from ..evaluation import run_batches
@@ -255,8 +255,11 @@ class MedicalConfig:
     widths: tuple[int, ...] = (8, 16, 32)
     dim: int = 32
 
+    def __post_init__(self):
+        _check_positive(self, ("train", "dev", "test", "epochs", "batch_size", "dim"))
 
-PROFILES = {
+
+MEDICAL: dict[str, MedicalConfig] = {
     "smoke": MedicalConfig(train=2000, dev=1000, test=2000, epochs=3, batch_size=64),
     "default": MedicalConfig(train=16000, dev=4000, test=8000, epochs=5),
     "full": MedicalConfig(train=40000, dev=10000, test=20000, epochs=8, widths=(16, 32, 64), dim=64),
@@ -265,7 +268,7 @@ PROFILES = {
 
 def medical_config(profile=None) -> MedicalConfig:
     """The sizes of the profile (a name, a :class:`~mmcourse.config.Profile` or None for ``$MMCOURSE_PROFILE``)."""
-    return PROFILES[get_profile(profile).name]
+    return _table_entry(MEDICAL, profile, "medical")[1]
 
 
 MODELS = ("record", "image", "concat", "late")     # record only, image only, concatenation fusion, late fusion

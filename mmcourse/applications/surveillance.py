@@ -40,7 +40,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..config import get_profile
+from ..config import _check_fraction, _check_positive, _table_entry
 from ..data.dataset import BatchedDataset, make_loader
 from ..encoders import CNNAudioEncoder, CNNImageEncoder, Encoder, MeanPoolTextEncoder
 from ..evaluation import run_batches
@@ -386,6 +386,11 @@ class SurveillanceConfig:
     widths: tuple[int, ...] = (8, 16, 32)
     false_alarm_rate: float = 0.05
 
+    def __post_init__(self):
+        _check_positive(self, ("train", "pool", "dev", "test", "epochs", "video_epochs", "head_epochs",
+                               "batch_size", "dim"))
+        _check_fraction(self, ("false_alarm_rate",))
+
 
 SURVEILLANCE = {
     "smoke": SurveillanceConfig(train=400, pool=800, dev=300, test=500, epochs=1, video_epochs=1, head_epochs=2),
@@ -398,7 +403,7 @@ SURVEILLANCE = {
 
 def surveillance_config(profile=None) -> SurveillanceConfig:
     """The settings of ``profile`` (a name, a Profile or None for $MMCOURSE_PROFILE)."""
-    return SURVEILLANCE[get_profile(profile).name]
+    return _table_entry(SURVEILLANCE, profile, "surveillance")[1]
 
 
 def video_encoder(config: SurveillanceConfig, pool: str = "temporal") -> TemporalVideoEncoder:
