@@ -167,7 +167,10 @@ def presence_of(inputs: Mapping, modalities: Sequence[str], present: torch.Tenso
     if present is None:
         return has.expand(b, -1).clone()
     present = check_presence(present, b, mods).to(device)
-    claimed = [m for m, j in zip(mods, present.any(0).tolist()) if j and m not in inputs]
+    absent = [j for j, m in enumerate(mods) if m not in inputs]
+    # Asked only when a key is absent: reading the mask's values would stop torch.export (chapter 14), which
+    # traces one graph for every mask.
+    claimed = [mods[j] for j in absent if present[:, j].any()] if absent else []
     if claimed:
         raise ValueError(f"present marks {claimed} present for some samples, but inputs have no such key "
                          f"(keys: {list(given)}); an absent key means absent for every sample")
