@@ -30,9 +30,12 @@ Shape letters: B batch, T audio samples, S image side, L tokens, C classes, M mo
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
+import logging
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -57,6 +60,9 @@ ONNX_KEYS = ("bundle_version", "modalities", "spec", "vocab", "arch")
 # Example batch and caption length traced by the exports: at least 2, because torch.export
 # specialises a dimension whose example size is 0 or 1 (it would then accept only that size).
 EXAMPLE_BATCH, EXAMPLE_TOKENS = 2, 4
+# Loggers of the ONNX optimiser whose warnings about its own passes ("Skipping constant folding for op
+# SequenceEmpty", from EmbeddingBag's lowering) say nothing about the exported model.
+QUIET_LOGGERS = ("onnxscript.optimizer", "onnx_ir.passes")
 BATCH = torch.export.Dim("batch")
 TOKENS = torch.export.Dim("tokens")
 
@@ -289,7 +295,11 @@ def export_program(model: nn.Module, example_inputs: tuple, path, *, clone: bool
         program = torch.export.export(model, example_inputs, dynamic_shapes=_dynamic_shapes(example_inputs))
     finally:
         model.train(was_training)
-    return atomic_write(path, lambda f: torch.export.save(program, f))
+    with warnings.catch_warnings():
+        # The audio front end's filterbank is a transposed (non-contiguous) buffer; the archive writer warns
+        # that no tensor of its storage is "complete", then saves that storage whole, which is all of it.
+        warnings.filterwarnings("ignore", message="No complete tensor found in the group")
+        return atomic_write(path, lambda f: torch.export.save(program, f))
 
 
 def load_program(path) -> torch.export.ExportedProgram:
@@ -305,6 +315,19 @@ def load_program(path) -> torch.export.ExportedProgram:
 
 
 # ----------------------------------------------------------------------------- ONNX
+
+@contextlib.contextmanager
+def _quiet(names=QUIET_LOGGERS):
+    loggers = [logging.getLogger(n) for n in names]
+    levels = [log.level for log in loggers]
+    for log in loggers:
+        log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for log, level in zip(loggers, levels):
+            log.setLevel(level)
+
 
 class OnnxSignature(nn.Module):
     """The ONNX signature around a fusion model: ``forward(*tensors, present)`` in modality order -> logits.
@@ -364,9 +387,12 @@ def export_onnx(model: nn.Module, spec: InputSpec, path, *, example=None, vocab:
     was_training = model.training
     model.eval()
     try:
-        program = torch.onnx.export(OnnxSignature(model).eval(), args, dynamo=True, dynamic_shapes=(dynamic,),
-                                    input_names=[*modalities, "present"], output_names=["logits"],
-                                    verbose=False)
+        with warnings.catch_warnings(), _quiet():
+            # Every input's dim 0 is the same Dim, which the exporter remarks on; that is the intent.
+            warnings.filterwarnings("ignore", message=".*will not be used, since it shares the same shape")
+            program = torch.onnx.export(OnnxSignature(model).eval(), args, dynamo=True,
+                                        dynamic_shapes=(dynamic,), input_names=[*modalities, "present"],
+                                        output_names=["logits"], verbose=False)
     finally:
         model.train(was_training)
     proto = program.model_proto
