@@ -22,8 +22,10 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from torch import nn
 
 from .inference import InputSpec
+from .modality import MODALITIES
 
 EXIT_USAGE = 2              # what argparse uses for bad arguments; also ours for bad input files
 WAVE_PCM, WAVE_FLOAT = 1, 3  # the WAV format tags we read (WAVE_FORMAT_PCM, WAVE_FORMAT_IEEE_FLOAT)
@@ -164,25 +166,20 @@ def load_model(path):
     return onnx_model, onnx_model.input_spec, onnx_model.vocab, onnx_model.modalities
 
 
-def _servable(model, modalities):
-    """``model`` over all of ``MODALITIES`` as predict requires: the columns of ``present`` it lacks are dropped."""
-    import torch
+class AllModalities(nn.Module):
+    """A model over some modalities seen as one over all of ``MODALITIES``, as predict requires.
 
-    from .modality import MODALITIES
+    ``forward(inputs, present)`` passes ``inputs`` (keys among the model's modalities) and the columns of
+    ``present`` (B, 3) that the model has: (B, 3) -> (B, M_model).
+    """
 
-    if tuple(modalities) == MODALITIES:
-        return model
-    columns = [MODALITIES.index(m) for m in modalities]
+    def __init__(self, model: nn.Module, modalities):
+        super().__init__()
+        self.inner, self.input_spec, self.modalities = model, model.input_spec, MODALITIES
+        self.columns = [MODALITIES.index(m) for m in modalities]
 
-    class Servable(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.inner, self.modalities, self.input_spec = model, MODALITIES, model.input_spec
-
-        def forward(self, inputs, present):
-            return self.inner(inputs, present[:, columns])          # (B, M) -> (B, M_model)
-
-    return Servable()
+    def forward(self, inputs, present):
+        return self.inner(inputs, present[:, self.columns])
 
 
 # ----------------------------------------------------------------------------- the command
@@ -210,7 +207,8 @@ def predict_files(model_path, *, image=None, text=None, audio=None) -> dict:
     raw = {"images": read_image(image, spec)[None] if image is not None else None,       # (1, S, S, 3) uint8
            "audio": read_wav(audio, spec)[None] if audio is not None else None,          # (1, T) float32
            "captions": [check_caption(text, vocab)] if text is not None else None}
-    result = predict(_servable(model, modalities), device="cpu", spec=spec, **raw)
+    served = model if tuple(modalities) == MODALITIES else AllModalities(model, modalities)
+    result = predict(served, device="cpu", spec=spec, **raw)
     probs = result.probs[0].tolist()
     order = sorted(range(len(probs)), key=lambda i: -probs[i])
     return {"label": result.labels[0], "probabilities": {spec.class_names[i]: probs[i] for i in order},

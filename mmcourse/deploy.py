@@ -43,9 +43,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from torch.utils._pytree import tree_map
+from torch.utils._pytree import tree_map, tree_map_with_path
 
-from .data.text import PAD_ID, UNK_ID, WORLD_VOCAB, Vocab
+from .data.text import PAD_ID, WORLD_VOCAB, Vocab
 from .efficiency import build_model, check_architecture
 from .inference import InputSpec
 from .modality import MODALITIES, presence_of
@@ -254,20 +254,19 @@ def _dynamic_shapes(example_inputs: tuple):
             return None
         is_text = bool(path) and getattr(path[-1], "key", None) == "text" and x.dim() == 2
         return {0: BATCH, 1: TOKENS} if is_text else {0: BATCH}
-    from torch.utils._pytree import tree_map_with_path
     return tree_map_with_path(dims, example_inputs)
 
 
-def _check_example(example_inputs) -> tuple:
+def _check_example(example_inputs, name: str = "example_inputs") -> tuple:
     if not isinstance(example_inputs, tuple):
-        raise TypeError(f"example_inputs must be a tuple of the model's arguments, e.g. (inputs, present), "
+        raise TypeError(f"{name} must be a tuple of the model's arguments, e.g. (inputs, present), "
                         f"got {type(example_inputs).__name__}")
     sizes = []
     tree_map(lambda x: sizes.append(x.shape[0]) if isinstance(x, torch.Tensor) else None, example_inputs)
     if not sizes:
-        raise ValueError("example_inputs hold no tensor")
+        raise ValueError(f"{name} hold no tensor")
     if min(sizes) < EXAMPLE_BATCH:
-        raise ValueError(f"example_inputs must have a batch of at least {EXAMPLE_BATCH}, got {min(sizes)} "
+        raise ValueError(f"{name} must have a batch of at least {EXAMPLE_BATCH}, got {min(sizes)} "
                          f"(torch.export fixes a dimension whose example size is 0 or 1)")
     return example_inputs
 
@@ -346,13 +345,13 @@ class OnnxSignature(nn.Module):
         return self.model(dict(zip(self.modalities, tensors)), present)  # (B, C)
 
 
-def example_inputs(spec: InputSpec, modalities: Sequence[str] = MODALITIES, batch: int = EXAMPLE_BATCH,
+def placeholder_inputs(spec: InputSpec, modalities: Sequence[str] = MODALITIES, batch: int = EXAMPLE_BATCH,
                    tokens: int = EXAMPLE_TOKENS) -> dict[str, torch.Tensor]:
     """Placeholder model inputs {name: (batch, ...)} of the right shapes and dtypes (zeros; padding for text)."""
     shapes = {"audio": ((batch, spec.audio_samples), torch.float32),
               "image": ((batch, 3, spec.image_size, spec.image_size), torch.float32),
               "text": ((batch, tokens), torch.int64)}
-    return {m: torch.full(shapes[m][0], UNK_ID if m == "text" else 0, dtype=shapes[m][1]) for m in modalities}
+    return {m: torch.full(shapes[m][0], PAD_ID if m == "text" else 0, dtype=shapes[m][1]) for m in modalities}
 
 
 def export_onnx(model: nn.Module, spec: InputSpec, path, *, example=None, vocab: Vocab = WORLD_VOCAB,
@@ -376,8 +375,8 @@ def export_onnx(model: nn.Module, spec: InputSpec, path, *, example=None, vocab:
     spec = _check_spec(spec)
     modalities = tuple(model.modalities)
     if example is None:
-        example = (example_inputs(spec, modalities), torch.ones(EXAMPLE_BATCH, len(modalities), dtype=torch.bool))
-    inputs, present = _check_example(tuple(example))
+        example = (placeholder_inputs(spec, modalities), torch.ones(EXAMPLE_BATCH, len(modalities), dtype=torch.bool))
+    inputs, present = _check_example(tuple(example), "example")
     missing = [m for m in modalities if m not in inputs]
     if missing:
         raise ValueError(f"example inputs lack {missing}: the ONNX signature has every modality of the model "
@@ -466,7 +465,7 @@ class OnnxModel(nn.Module):
     def forward(self, inputs: Mapping[str, torch.Tensor], present: torch.Tensor | None = None) -> torch.Tensor:
         present = presence_of(inputs, self.model_modalities, present).cpu()          # (B, M) bool
         b = present.shape[0]
-        fill = example_inputs(self.input_spec, self.model_modalities, batch=b, tokens=1)
+        fill = placeholder_inputs(self.input_spec, self.model_modalities, batch=b, tokens=1)
         feed = {m: (inputs[m] if m in inputs else fill[m]).detach().cpu().numpy() for m in self.model_modalities}
         feed["present"] = present.numpy()
         (logits,) = self.session.run(["logits"], feed)                              # (B, C)

@@ -195,7 +195,7 @@ def test_onnx_signature_has_a_dynamic_batch_and_caption_length(onnx_model):
 
 @pytest.mark.parametrize("b", [1, 64])
 def test_onnx_agrees_with_eager_with_modalities_absent_per_sample(model, onnx_model, b):
-    inputs, present = batch(b, tokens=3 + b % 5, seed=b)
+    inputs, present = batch(b, tokens=1 if b == 1 else 7, seed=b)          # L = 1 as well: L is dynamic too
     if b > 1:
         assert not present.all() and present.any(1).all()       # some samples do lack a modality
     torch.testing.assert_close(onnx_model(inputs, present), eager(model, inputs, present), rtol=1e-4, atol=1e-5)
