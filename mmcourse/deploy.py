@@ -247,13 +247,17 @@ def load_bundle(directory, device="cpu") -> Bundle:
 
 # ----------------------------------------------------------------------------- torch.export
 
+def _is_text(path, x) -> bool:
+    """Whether a leaf of the example inputs is token ids (B, L): a 2-D tensor under the key ``"text"``."""
+    return isinstance(x, torch.Tensor) and x.dim() == 2 and bool(path) and getattr(path[-1], "key", None) == "text"
+
+
 def _dynamic_shapes(example_inputs: tuple):
     """dim 0 of every tensor is the batch; dim 1 of a 2-D ``"text"`` tensor is the caption length."""
     def dims(path, x):
         if not isinstance(x, torch.Tensor):
             return None
-        is_text = bool(path) and getattr(path[-1], "key", None) == "text" and x.dim() == 2
-        return {0: BATCH, 1: TOKENS} if is_text else {0: BATCH}
+        return {0: BATCH, 1: TOKENS} if _is_text(path, x) else {0: BATCH}
     return tree_map_with_path(dims, example_inputs)
 
 
@@ -268,6 +272,11 @@ def _check_example(example_inputs, name: str = "example_inputs") -> tuple:
     if min(sizes) < EXAMPLE_BATCH:
         raise ValueError(f"{name} must have a batch of at least {EXAMPLE_BATCH}, got {min(sizes)} "
                          f"(torch.export fixes a dimension whose example size is 0 or 1)")
+    lengths = []
+    tree_map_with_path(lambda p, x: lengths.append(x.shape[1]) if _is_text(p, x) else None, example_inputs)
+    if lengths and min(lengths) < 2:
+        raise ValueError(f"{name}: the example captions must have at least 2 tokens (padding counts), got "
+                         f"{min(lengths)} (torch.export fixes a dimension whose example size is 0 or 1)")
     return example_inputs
 
 
@@ -281,6 +290,9 @@ def export_program(model: nn.Module, example_inputs: tuple, path, *, clone: bool
         path: the ``.pt2`` file (written atomically).
         clone: copy the example tensors first. The saved program keeps its example inputs, and a
             slice ``x[:2]`` is a view that would drag the whole of ``x``'s storage into the file.
+
+    The program accepts inputs of the example's structure only (the same dict keys): a modality
+    missing for some samples is False in ``present``, not a missing key.
 
     Returns:
         ``path``.
@@ -377,6 +389,9 @@ def export_onnx(model: nn.Module, spec: InputSpec, path, *, example=None, vocab:
     if example is None:
         example = (placeholder_inputs(spec, modalities), torch.ones(EXAMPLE_BATCH, len(modalities), dtype=torch.bool))
     inputs, present = _check_example(tuple(example), "example")
+    if not isinstance(inputs, Mapping):
+        raise TypeError(f"example must be (inputs, present) with inputs a dict {{name: (B, ...)}}, got "
+                        f"{type(inputs).__name__}")
     missing = [m for m in modalities if m not in inputs]
     if missing:
         raise ValueError(f"example inputs lack {missing}: the ONNX signature has every modality of the model "

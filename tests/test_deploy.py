@@ -158,6 +158,9 @@ def test_exported_program_runs_any_batch_and_agrees_with_eager(model, tmp_path):
         torch.testing.assert_close(program(x, p), eager(model, x, p))
     with pytest.raises(ValueError, match="batch of at least 2"):
         export_program(model, ({m: x[:1] for m, x in inputs.items()}, present[:1]), tmp_path / "one.pt2")
+    short, p = batch(2, tokens=1)
+    with pytest.raises(ValueError, match="captions must have at least 2 tokens"):
+        export_program(model, (short, p), tmp_path / "short.pt2")
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_program(tmp_path / "none.pt2")
 
