@@ -120,7 +120,10 @@ def write_wav(path, samples, sample_rate: int) -> Path:
     x = np.asarray(samples, dtype=np.float64)
     if x.ndim != 1:
         raise ValueError(f"samples must be one mono clip (T,), got shape {x.shape}")
-    pcm = np.clip(np.round(x * PCM16_SCALE), -PCM16_SCALE, PCM16_SCALE - 1).astype("<i2")
+    if not np.isfinite(x).all() or np.abs(x).max(initial=0) > 1:
+        raise ValueError(f"samples must be finite and in [-1, 1] (16-bit PCM cannot hold more), got max |x| = "
+                         f"{np.abs(x).max(initial=0):.3g}")
+    pcm = np.minimum(np.round(x * PCM16_SCALE), PCM16_SCALE - 1).astype("<i2")     # +1.0 -> 32767, the largest
     path = Path(path)
     with wave.open(str(path), "wb") as w:
         w.setnchannels(1)

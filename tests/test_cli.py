@@ -146,6 +146,8 @@ def test_float_and_pcm_wav_files_read_back_their_samples(files, tmp_path):
     (tmp_path / "float.wav").write_bytes(b"RIFF" + len(body).to_bytes(4, "little") + body)
     np.testing.assert_array_equal(cli.read_wav(tmp_path / "float.wav", SPEC), clip)
     np.testing.assert_allclose(cli.read_wav(files["audio"], SPEC), clip, atol=1 / 32768)   # 16-bit PCM rounding
+    with pytest.raises(ValueError, match=r"in \[-1, 1\].*got max \|x\| = 1.5"):
+        cli.write_wav(tmp_path / "loud.wav", 3 * clip, 8000)                                 # never clipped silently
 
 
 def test_a_caption_with_some_unknown_words_is_accepted(files, capsys):
