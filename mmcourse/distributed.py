@@ -39,6 +39,8 @@ import argparse
 import io
 import json
 import os
+import subprocess
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -50,6 +52,7 @@ from torch import distributed as dist
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from .checks import check_int
+from .config import _check_positive, _table_entry
 from .utils import get_device
 
 TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK")   # what torchrun sets for every process it starts
@@ -395,6 +398,8 @@ def _bench(args, info: DistInfo) -> dict:
            "threads": torch.get_num_threads(), "config": asdict(config)}
     for kind in args.kinds.split(","):
         model = make_model(config).to(info.device)
+        if kind not in ("ddp", "fsdp", "single"):
+            raise ValueError(f"--kinds: unknown kind {kind!r}; valid: ddp, fsdp, single")
         model = wrap_ddp(model, info.device) if kind == "ddp" else shard_fsdp(model) if kind == "fsdp" else model
         loader = distributed_loader(data, config.batch_size, config.seed)
         train_config = TrainConfig(epochs=100, max_steps=config.warmup, lr=config.lr, schedule="constant",
@@ -409,7 +414,8 @@ def _bench(args, info: DistInfo) -> dict:
         barrier()
         seconds = time.perf_counter() - start
         out[kind] = {"seconds": seconds, "samples_per_s": config.steps * config.batch_size * info.world_size / seconds,
-                     "local_params": local_numel(model), "total_params": sum(t.numel() for t in full_state(model).values()),
+                     "local_params": local_numel(model),
+                     "total_params": sum(t.numel() for t in full_state(model).values()),
                      "optimizer_entries": sum(v.to_local().numel() if hasattr(v, "to_local") else v.numel()
                                               for s in optimizer.state.values() for v in s.values()
                                               if torch.is_tensor(v) and v.dim() > 0),
@@ -441,6 +447,65 @@ def _resume(args, info: DistInfo) -> dict:
             "weights_file": str(args.out.with_suffix(".pt"))}, weights
 
 
+@dataclass(frozen=True)
+class ScaleConfig:
+    """What chapter 15 runs in a profile.
+
+    Attributes:
+        scenes: training scenes of the measured runs.
+        batch_size: b, per rank (the one-process run takes W * b, the same global batch).
+        steps: timed steps per measurement (after ``RunConfig.warmup`` untimed ones).
+        resume_steps: steps of the crash-and-resume run (a checkpoint every ``resume_every``).
+        resume_every: steps between its checkpoints.
+        relaunch: whether the chapter crashes a rank and relaunches (three more launches, ~25 s).
+    """
+
+    scenes: int
+    batch_size: int
+    steps: int
+    resume_steps: int
+    resume_every: int
+    relaunch: bool
+
+    def __post_init__(self):
+        _check_positive(self, ("scenes", "batch_size", "steps", "resume_steps", "resume_every"))
+
+
+SCALE = {
+    "smoke": ScaleConfig(scenes=1024, batch_size=32, steps=8, resume_steps=8, resume_every=2, relaunch=False),
+    "default": ScaleConfig(scenes=4096, batch_size=64, steps=120, resume_steps=12, resume_every=4, relaunch=True),
+    "full": ScaleConfig(scenes=16384, batch_size=256, steps=100, resume_steps=20, resume_every=5, relaunch=True),
+}
+
+
+def scale_config(profile=None) -> ScaleConfig:
+    """Chapter 15's settings of ``profile`` (a name or a Profile; default ``$MMCOURSE_PROFILE``)."""
+    return _table_entry(SCALE, profile, "scaling-out")[1]
+
+
+def torchrun(args: list[str], nproc: int, threads: int = 1, timeout: float = 300.0,
+             check: bool = True) -> subprocess.CompletedProcess:
+    """``python -m torch.distributed.run --standalone --nproc-per-node=nproc -m mmcourse.distributed *args``.
+
+    ``--standalone`` picks a free port on this machine (no clash with another job). Each process gets
+    ``threads`` CPU threads (``OMP_NUM_THREADS``); this package is put on ``PYTHONPATH`` so the workers
+    import the same sources.
+
+    Raises:
+        RuntimeError: if ``check`` and the launch failed, with the end of its output.
+    """
+    check_int(nproc, "nproc")
+    root = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads),
+           "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+               "-m", "mmcourse.distributed", *map(str, args)]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
+    if check and done.returncode != 0:
+        raise RuntimeError(f"torchrun with {nproc} processes failed ({done.returncode}):\n{done.stderr[-4000:]}")
+    return done
+
+
 def main(argv=None) -> None:
     """``python -m torch.distributed.run --nproc-per-node=W -m mmcourse.distributed bench|resume --out FILE ...``.
 
@@ -463,7 +528,7 @@ def main(argv=None) -> None:
     parser.add_argument("--every", type=int, default=5)
     parser.add_argument("--kill-at", type=int, default=None)
     parser.add_argument("--resume", action="store_true")
-    args = parser.parse_args(argv)
+    args = parser.parse_args(None if argv is None else [str(a) for a in argv])
     info = init_distributed(args.device)
     if info.device.type == "cpu" and "OMP_NUM_THREADS" in os.environ:
         configure_threads(info.device, int(os.environ["OMP_NUM_THREADS"]))
