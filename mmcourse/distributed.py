@@ -328,8 +328,9 @@ def rank0_evaluator(evaluate: Callable[[nn.Module], Mapping[str, float]]) -> Cal
 
     Why not reduce: with DDP every rank holds the same weights, so rank 0's numbers are exactly the
     single-process ones (a sharded evaluation would be faster for a large dev set, but sums in another
-    order), and every rank must take the same early-stopping decision. Not for FSDP2, whose forward needs
-    every rank.
+    order), and every rank must take the same early-stopping decision. ``evaluate`` runs on rank 0 alone, so it
+    must not call a collective (not :class:`GatheredContrastive`'s forward: use ``module.model.loss`` or
+    embeddings); and not FSDP2, whose forward needs every rank.
     """
     def evaluate_on_rank0(model: nn.Module) -> dict:
         rank, world_size = world()
@@ -400,6 +401,8 @@ def _bench(args, info: DistInfo) -> dict:
         model = make_model(config).to(info.device)
         if kind not in ("ddp", "fsdp", "single"):
             raise ValueError(f"--kinds: unknown kind {kind!r}; valid: ddp, fsdp, single")
+        if kind == "single" and info.world_size > 1:
+            raise ValueError("--kinds single is the plain model of one process: run it without torchrun")
         model = wrap_ddp(model, info.device) if kind == "ddp" else shard_fsdp(model) if kind == "fsdp" else model
         loader = distributed_loader(data, config.batch_size, config.seed)
         train_config = TrainConfig(epochs=100, max_steps=config.warmup, lr=config.lr, schedule="constant",

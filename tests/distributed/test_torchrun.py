@@ -51,6 +51,9 @@ def test_gathered_contrastive_loss_and_gradients_equal_one_process(runs):
 def test_ddp_and_fsdp2_training_equal_one_process(runs):
     for r in _read(runs[0], "checks"):
         assert r["ddp_weight_diff"] < WEIGHT_TOL
+        assert r["evaluations"] == 3, "one evaluation per step"
+        assert r["train_loss_diff"] < LOSS_TOL * 10, "training means reduced over the ranks: the global batch's"
+        assert r["dev_loss_diff"] < LOSS_TOL * 10, "dev metric computed on rank 0 and broadcast to every rank"
         assert r["fsdp_weight_diff"] < WEIGHT_TOL
     local = [r["fsdp_local_params"] for r in _read(runs[0], "checks")]
     total = _read(runs[0], "checks")[0]["total_params"]

@@ -45,14 +45,24 @@ def global_batches(steps: int) -> list:
 
 
 def config(steps: int, **extra) -> TrainConfig:
-    """K or STEPS steps; epochs=2 lets the data-parallel run (6 steps per epoch) cross an epoch boundary."""
-    return TrainConfig(epochs=2, max_steps=steps, lr=CFG.lr, warmup_steps=1, progress=False, log_every=1000, **extra)
+    """K or STEPS steps, evaluated after each; epochs=2 lets the data-parallel run (6 steps per epoch) cross an
+    epoch boundary."""
+    settings = dict(eval_every=1, monitor="dev_loss", mode="min", **extra)
+    return TrainConfig(epochs=2, max_steps=steps, lr=CFG.lr, warmup_steps=1, progress=False, log_every=1000, **settings)
 
 
-def single_process_run(steps: int) -> dict:
+DEV = collate([data[i] for i in range(16)])[0]          # a small dev batch (training scenes: only a number to compare)
+
+
+def dev_loss(module) -> dict:
+    """The dev metric: the plain (ungathered) contrastive loss of DEV; it runs on rank 0 alone, so no collective."""
+    return {"dev_loss": float(module.model.loss(DEV)["loss"])}
+
+
+def single_process_run(steps: int, with_history: bool = False):
     model = D.make_model(CFG)
-    train(model, D.gathered_contrastive_step, global_batches(steps), config(steps), "cpu")
-    return D.full_state(model)
+    history = train(model, D.gathered_contrastive_step, global_batches(steps), config(steps), "cpu", evaluate=dev_loss)
+    return (D.full_state(model), history) if with_history else D.full_state(model)
 
 
 def max_diff(a: dict, b: dict) -> float:
@@ -78,7 +88,7 @@ def write(name: str, result: dict) -> None:
 if MODE == "checks":
     first = global_batches(1)[0]
     ref_loss, ref_grads = grads_of(D.make_model(CFG), first)
-    ref_k = single_process_run(K)
+    ref_k, ref_history = single_process_run(K, with_history=True)
     info = D.init_distributed("cpu")
     result = {"backend": info.backend, "world_size": info.world_size}
     ddp = D.wrap_ddp(D.make_model(CFG), info.device)
@@ -92,8 +102,12 @@ if MODE == "checks":
     result["bug_grad_diff"] = max_diff(bad, ref_grads)
     ddp = D.wrap_ddp(D.make_model(CFG), info.device)
     loader = D.distributed_loader(data, CFG.batch_size, CFG.seed)
-    train(ddp, D.gathered_contrastive_step, loader, config(K), info.device)
+    history = train(ddp, D.gathered_contrastive_step, loader, config(K), info.device,
+                    evaluate=D.rank0_evaluator(dev_loss))
     result["ddp_weight_diff"] = max_diff(D.full_state(ddp), ref_k)
+    result["dev_loss_diff"] = max(abs(a - b) for a, b in zip(history.metrics["dev_loss"], ref_history.metrics["dev_loss"]))
+    result["train_loss_diff"] = max(abs(a - b) for a, b in zip(history.train_loss, ref_history.train_loss))
+    result["evaluations"] = len(history.metrics["dev_loss"])
     fsdp = D.shard_fsdp(D.make_model(CFG))
     result["fsdp_local_params"], result["total_params"] = D.local_numel(fsdp), sum(v.numel() for v in ref_k.values())
     train(fsdp, D.gathered_contrastive_step, loader, config(K), info.device)
