@@ -31,12 +31,13 @@ How :func:`train` reads, top-down: ``_Loop.resume`` (from a checkpoint), then
 epoch end, stop, periodic checkpoint) → ``finish``; ``_Loop.contents`` is what
 a checkpoint holds.
 
-Room for distributed training (not used yet: every run today is one process).
+Distributed training (:mod:`mmcourse.distributed`, chapter 15: the same loop under ``torchrun``).
 If the loader's sampler has ``set_epoch`` (``DistributedSampler``), it is
 called at each epoch's start; only rank 0 (:func:`_rank`, 0 without a process
-group) writes checkpoints, TensorBoard and progress bars; the training means of
-the history go through :func:`_reduce`, the identity without a process group
-and an ``all_reduce`` sum with one.
+group) writes checkpoints, TensorBoard and progress bars, and every rank reads
+the checkpoint on resume; the training means of the history go through
+:func:`_reduce`, the identity without a process group and an ``all_reduce`` sum
+with one.
 
 ``fit``, ``train_epoch``, ``predict`` and ``accuracy_on`` are the small
 classification helpers of chapters 02–05; ``fit`` and ``train_epoch`` are
@@ -307,10 +308,10 @@ def load_or_train(path, build_model: Callable[[], nn.Module], train_fn: Callable
     return train_fn(True).to(device).eval()
 
 
-# ----------------------------------------------------------------------------- room for distributed training
+# ----------------------------------------------------------------------------- distributed training
 
 def _rank() -> int:
-    """This process's rank in the default process group; 0 without one (every run of the course today)."""
+    """This process's rank in the default process group; 0 without one (a single-process run)."""
     dist = torch.distributed
     return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
