@@ -27,7 +27,7 @@ export JUPYTER_PLATFORM_DIRS := 1
 
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 
-.PHONY: setup test unit notebooks-smoke grading assignments grade course verify lab execute clean bench gpu-check
+.PHONY: setup test unit torchrun notebooks-smoke grading assignments grade course verify lab execute clean bench gpu-check
 
 setup: $(STAMP)
 
@@ -40,11 +40,16 @@ endif
 	$(BIN)/python -m pip install --quiet --progress-bar off --no-deps --no-build-isolation -e .
 	touch $@
 
-## make test: unit tests, every notebook top to bottom in the smoke profile (nbval), then the assignments graded.
-test: setup unit notebooks-smoke grading
+## make test: unit tests, the multi-process tests, every notebook top to bottom in the smoke profile (nbval),
+## then the assignments graded.
+test: setup unit torchrun notebooks-smoke grading
 
 unit: setup
-	$(BIN)/python -m pytest -q tests --ignore=tests/grading
+	$(BIN)/python -m pytest -q tests --ignore=tests/grading --ignore=tests/distributed
+
+## make torchrun: the tests that launch `torchrun --nproc-per-node=2` (gloo on the CPU; two launches, chapter 15).
+torchrun: setup
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests/distributed
 
 ## make grading: every assignment's variants (solved, released, partial, wrong) and broken submissions, graded.
 grading: setup

@@ -617,6 +617,7 @@ _MAP_LAYOUT = {
 }
 _TAGGING = ("token tagging, MiniLM", (6.0, 2.2), "09")      # a task adapted like chapter 08's, beside the map
 _APPLICATIONS = ("applications (§6)", (7.5, 2.2), "11-13")   # surveillance, medical, driving: the model in use
+_DEPLOYMENT = ("efficiency, scale-out (§8)", (7.5, -0.1), "14-15")   # a smaller model, served; many processes
 _STAGE_ROW_Y = -1.1                                           # the row of the three stages (the article's §3.1)
 
 
@@ -629,6 +630,8 @@ def plot_course_map():
     arrows.append(("task adaptation", _TAGGING[0], ""))
     boxes[_APPLICATIONS[0]] = Box(_APPLICATIONS[0], _APPLICATIONS[1], f"(ch. {_APPLICATIONS[2]})", "data")
     arrows.append(("inference", _APPLICATIONS[0], ""))
+    boxes[_DEPLOYMENT[0]] = Box(_DEPLOYMENT[0], _DEPLOYMENT[1], f"(ch. {_DEPLOYMENT[2]})", "data")
+    arrows.append(("inference", _DEPLOYMENT[0], ""))
     for i, (name, chapter, *_) in enumerate(STAGES):
         boxes[name] = Box(name, (1.0 + 2.75 * i, _STAGE_ROW_Y), f"(ch. {chapter})", "trained")
         if i:

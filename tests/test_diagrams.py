@@ -213,10 +213,11 @@ def test_plot_course_map_draws_the_pipeline_and_the_three_stages():
     ax = fig.axes[0]
     assert ax.get_title()
     names = [t.get_text().split("\n")[0] for t in ax.texts if t.get_text()]
-    assert (set(_MAP_LAYOUT) | {s[0] for s in STAGES} | {"token tagging, MiniLM", "applications (§6)"}
+    assert (set(_MAP_LAYOUT) | {s[0] for s in STAGES} | {"token tagging, MiniLM", "applications (§6)",
+                                                           "efficiency, scale-out (§8)"}
             == set(names))
     arrows = [t for t in ax.texts if not t.get_text()]
-    assert len(arrows) == len(PIPELINE_EDGES) + 2 + len(STAGES) - 1   # + tagging + applications + stage 1 -> 2 -> 3
+    assert len(arrows) == len(PIPELINE_EDGES) + 3 + len(STAGES) - 1   # + tagging, applications, efficiency + stages 1 -> 2 -> 3
     stage_x = [t.get_position()[0] for t in ax.texts if t.get_text().startswith("stage")]
     assert stage_x == sorted(stage_x)                                          # left to right, stage 1 first
 
