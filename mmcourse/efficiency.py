@@ -68,8 +68,13 @@ class BagTextEncoder(Encoder):
         self.mlp = nn.Sequential(nn.Linear(dim, dim), nn.ReLU(), nn.Linear(dim, dim))
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        check_tensor(ids, "text", 2, float_=False)      # (B, L) int64
-        return self.mlp(self.embedding(ids))             # (B, L) -> (B, D) -> (B, D)
+        check_tensor(ids, "text", 2, float_=False)                  # (B, L) int64
+        b, length = ids.shape
+        # Bags given as flat ids and explicit offsets, not as (B, L): for 2-D input EmbeddingBag makes
+        # offsets = arange(0, B * L, L), whose length ceil(B * L / L) torch.export cannot prove to be B,
+        # so an exported model would refuse a batch of 1 (and ONNX would fix the batch).
+        offsets = torch.arange(b, device=ids.device) * length          # (B,) start of each caption
+        return self.mlp(self.embedding(ids.reshape(-1), offsets))      # (B * L,) -> (B, D) -> (B, D)
 
 
 FAMILIES: dict[str, dict[str, type[Encoder]]] = {m: dict(f) for m, f in ENCODERS.items()}

@@ -159,10 +159,11 @@ def presence_of(inputs: Mapping, modalities: Sequence[str], present: torch.Tenso
     given = check_keys(inputs, mods)
     if not given:
         raise ValueError(f"inputs hold no modality (keys: []); at least one of {list(mods)} is needed")
-    sizes = {m: len(inputs[m]) for m in given}
-    if len(set(sizes.values())) > 1:
-        raise ValueError(f"every modality must have the same batch size B, got {sizes}")
+    # shape[0] and != rather than len() and a set: under torch.export B stays symbolic (len() would fix it).
+    sizes = {m: inputs[m].shape[0] for m in given}
     b, device = sizes[given[0]], getattr(inputs[given[0]], "device", None)
+    if any(n != b for n in sizes.values()):
+        raise ValueError(f"every modality must have the same batch size B, got {sizes}")
     has = torch.tensor([m in inputs for m in mods], device=device)                     # (M,)
     if present is None:
         return has.expand(b, -1).clone()
