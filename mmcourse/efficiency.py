@@ -156,7 +156,8 @@ class EfficiencyConfig:
             wide Linear layers: the layers int8 quantisation of Linear layers shrinks hold most of the bytes).
         student_widths, student_dim, student_hidden: the distilled student's (about a quarter of the parameters).
         few_labels: labelled scenes the students get (the distilled one also sees all ``train`` scenes unlabelled).
-        student_epochs: the distilled student's passes over ``train``; the few-label student gets the same steps.
+        student_epochs: the distilled student's passes over ``train``.
+        few_epochs: the few-label student's passes over its ``few_labels`` scenes (about as many steps).
         temperature, alpha: distillation's T and the weight of the cross-entropy on the few labels.
         prune_fraction: fraction of every convolution's output channels that structured pruning removes.
         finetune_epochs: passes over ``train`` after pruning (the unpruned control gets the same).
@@ -180,14 +181,15 @@ class EfficiencyConfig:
     student_epochs: int = 3
     temperature: float = 4.0
     alpha: float = 0.5
+    few_epochs: int = 60
     prune_fraction: float = 0.5
-    finetune_epochs: int = 1
+    finetune_epochs: int = 2
     calibration_batches: int = 4
     repeats: int = 15
 
     def __post_init__(self):
         _check_positive(self, ("train", "dev", "test", "epochs", "batch_size", "dim", "hidden", "student_dim",
-                               "student_hidden", "few_labels", "student_epochs", "finetune_epochs",
+                               "student_hidden", "few_labels", "student_epochs", "few_epochs", "finetune_epochs",
                                "calibration_batches", "repeats"))
         if not (self.lr > 0 and self.temperature > 0):
             raise ValueError(f"EfficiencyConfig: lr and temperature must be > 0, got {self.lr!r}, {self.temperature!r}")
@@ -201,11 +203,11 @@ class EfficiencyConfig:
 
 
 EFFICIENCY: dict[str, EfficiencyConfig] = {
-    "smoke": EfficiencyConfig(train=1500, dev=300, test=600, epochs=2, student_epochs=1, few_labels=200, repeats=3,
-                              calibration_batches=2),
-    "default": EfficiencyConfig(train=8000, dev=1000, test=4000, epochs=5),
+    "smoke": EfficiencyConfig(train=1500, dev=300, test=600, epochs=2, student_epochs=1, few_labels=200, few_epochs=8,
+                              finetune_epochs=1, repeats=3, calibration_batches=2),
+    "default": EfficiencyConfig(train=8000, dev=1000, test=4000, epochs=5, repeats=25),
     "full": EfficiencyConfig(train=60000, dev=5000, test=20000, epochs=10, batch_size=128, student_epochs=8,
-                             few_labels=1000, repeats=50),
+                             few_labels=1000, few_epochs=200, repeats=50),
 }
 
 
@@ -333,20 +335,23 @@ def median_latency(fns: Mapping[str, Callable[[], object]], repeats: int, warmup
 
 # ----------------------------------------------------------------------------- int8 quantisation
 
-INT8_MAX = 127   # symmetric int8: [-127, 127], so that -q is representable for every q (torchao's PerRow scheme)
+INT8_MIN, INT8_MAX = -128, 127
+# Symmetric int8 as torchao's Int8 configs choose it (MappingType.SYMMETRIC): the scale maps max |w| to half the
+# int8 range, (127 - (-128)) / 2 = 127.5, and the rounded values are clamped to [-128, 127].
+HALF_RANGE = (INT8_MAX - INT8_MIN) / 2
 
 
 def quantize_per_channel(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Symmetric per-output-channel int8 quantisation of a weight matrix.
+    """Symmetric per-row int8 quantisation of a matrix (a weight's output channels, or a batch's rows).
 
     Args:
         weight: (O, I) float.
     Returns:
-        ``(q, scale)``: q (O, I) int8 with ``weight ≈ q * scale[:, None]``; scale (O,) float32 = max |row| / 127.
+        ``(q, scale)``: q (O, I) int8 with ``weight ≈ q * scale[:, None]``; scale (O,) float32 = max |row| / 127.5.
     """
     check_tensor(weight, "weight", 2, float_=True)
-    scale = weight.abs().amax(1).clamp(min=torch.finfo(torch.float32).eps) / INT8_MAX        # (O,)
-    q = torch.round(weight / scale[:, None]).clamp(-INT8_MAX, INT8_MAX).to(torch.int8)     # (O, I)
+    scale = weight.abs().amax(1).clamp(min=torch.finfo(torch.float32).eps) / HALF_RANGE        # (O,)
+    q = torch.round(weight / scale[:, None]).clamp(INT8_MIN, INT8_MAX).to(torch.int8)        # (O, I)
     return q, scale.float()
 
 
@@ -476,10 +481,48 @@ def count_quantized(model: nn.Module) -> dict[str, tuple[int, int]]:
                    sum(1 for m in model.modules() if isinstance(m, types))) for kind, types in kinds.items()}
 
 
+class ChannelAffine(nn.Module):
+    """``x * scale + shift`` per channel of (B, C, ...): an eval-mode BatchNorm with nothing before it to fold into."""
+
+    def __init__(self, scale: torch.Tensor, shift: torch.Tensor):
+        super().__init__()
+        self.register_buffer("scale", scale.detach().clone())
+        self.register_buffer("shift", shift.detach().clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = (1, -1) + (1,) * (x.dim() - 2)
+        return x * self.scale.view(shape) + self.shift.view(shape)
+
+
+def fold_batchnorm(model: nn.Module) -> nn.Module:
+    """An eval-mode copy of ``model`` with every BatchNorm2d folded away: into the Conv2d just before it
+    (``torch.nn.utils.fusion.fuse_conv_bn_eval``), else into a :class:`ChannelAffine`. Same function in eval.
+
+    Deployment folds them anyway; here it also spares ``convert_pt2e`` its conv-BN pass for quantisation-aware
+    training (about 10 s of pattern exports on a laptop CPU), which a post-training quantisation does not need.
+    """
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    out = copy.deepcopy(model).eval()
+    for parent in list(out.modules()):
+        children = list(parent.named_children())
+        for (name_a, a), (name_b, b) in zip(children, children[1:]):
+            if isinstance(a, nn.Conv2d) and type(b) is nn.BatchNorm2d:
+                setattr(parent, name_a, fuse_conv_bn_eval(a, b))
+                setattr(parent, name_b, nn.Identity())
+    for parent in list(out.modules()):
+        for name, child in list(parent.named_children()):
+            if type(child) is nn.BatchNorm2d:
+                scale = child.weight / torch.sqrt(child.running_var + child.eps)
+                setattr(parent, name, ChannelAffine(scale, child.bias - child.running_mean * scale))
+    return out
+
+
 def quantize_pt2e(model: nn.Module, example_inputs: Mapping[str, torch.Tensor], calibration,
                   drop_stale: bool = True) -> nn.Module:
     """Static int8 of the convolutions and Linear layers through PT2E (torchao's ``prepare_pt2e`` / ``convert_pt2e``
-    with ``X86InductorQuantizer``): export, insert observers, run the ``calibration`` batches, convert.
+    with ``X86InductorQuantizer``): fold the BatchNorms (:func:`fold_batchnorm`), export with a dynamic batch and
+    caption length, insert observers, run the ``calibration`` batches, convert. Returns a :class:`FreshInputs`.
 
     ``convert_pt2e`` leaves the float weights it replaced as attributes of the module; ``drop_stale=True``
     deletes every parameter and buffer the graph no longer reads (:func:`drop_unused_attributes`).
@@ -488,7 +531,7 @@ def quantize_pt2e(model: nn.Module, example_inputs: Mapping[str, torch.Tensor], 
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
     example = _fresh(example_inputs)
-    exported = torch.export.export(copy.deepcopy(model).eval(), (example,),
+    exported = torch.export.export(fold_batchnorm(model), (example,),
                                    dynamic_shapes=(dynamic_shapes(example),)).module()
     quantizer = xiq.X86InductorQuantizer().set_global(xiq.get_default_x86_inductor_quantization_config())
     prepared = prepare_pt2e(exported, quantizer)
@@ -617,7 +660,7 @@ def prune_channels(model: FusionModel, fraction: float) -> FusionModel:
             new = nn.Linear(len(idx), project.out_features)
             new.weight.data, new.bias.data = project.weight.data[:, idx].clone(), project.bias.data.clone()
             encoder.project = new
-    return out
+    return out.train(model.training)      # the rebuilt layers are born in training mode
 
 
 # ----------------------------------------------------------------------------- distillation
@@ -687,3 +730,26 @@ def distillation_objective(temperature: float, alpha: float):
 def teacher_logits(teacher: nn.Module, data, device) -> torch.Tensor:
     """The teacher's logits (N, C) on every scene of ``data``, on the CPU."""
     return run_batches(teacher, lambda m, batch: m(batch[0]), data, device)
+
+
+# ----------------------------------------------------------------------------- a diagram
+
+def draw_int8_linear(batch: int, in_features: int, out_features: int,
+                     title: str = "An int8 Linear layer: both operands quantised, summed in int32, dequantised once"):
+    """The data flow of :func:`int8_linear` with the shapes of a (batch, in) x (out, in) product on the arrows."""
+    import matplotlib.pyplot as plt
+
+    from .diagrams import Box, render
+
+    b, i, o = batch, in_features, out_features
+    boxes = {"x": Box("x", (0, 1.2), f"({b}, {i}) float32", "data"),
+             "w": Box("W", (0, -1.2), f"({o}, {i}) float32", "trained"),
+             "qx": Box("quantise per row", (3.4, 1.2), "s_x = max|x| / 127"),
+             "qw": Box("quantise per channel", (3.4, -1.2), "s_w = max|W_row| / 127 (once, offline)"),
+             "mm": Box("int8 x int8 matmul", (7.2, 0), "sums in int32", "op"),
+             "dq": Box("dequantise", (10.2, 0), "acc * s_x * s_w + bias"),
+             "y": Box("y", (12.8, 0), f"({b}, {o}) float32", "data")}
+    arrows = [("x", "qx", ""), ("w", "qw", ""), ("qx", "mm", f"({b}, {i}) int8 + ({b},)"),
+              ("qw", "mm", f"({o}, {i}) int8 + ({o},)"), ("mm", "dq", f"({b}, {o}) int32"), ("dq", "y", "")]
+    fig, ax = plt.subplots(figsize=(12, 3.2))
+    return render(ax, boxes, arrows, title)
