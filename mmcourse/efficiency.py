@@ -568,8 +568,9 @@ def dynamic_shapes(inputs: Mapping[str, torch.Tensor]) -> dict:
 
 
 def drop_unused_attributes(graph_module: torch.fx.GraphModule) -> torch.fx.GraphModule:
-    """``graph_module`` with every parameter and buffer that no ``get_attr`` node of its graph reads deleted."""
-    used = {node.target for node in graph_module.graph.nodes if node.op == "get_attr"}
+    """``graph_module`` with every parameter and buffer that no node of its graph reads deleted (a ``get_attr``
+    node reads an attribute, a ``call_module`` node everything inside its module)."""
+    used = {node.target for node in graph_module.graph.nodes if node.op in ("get_attr", "call_module")}
     for name in [n for n, _ in list(graph_module.named_parameters()) + list(graph_module.named_buffers())]:
         if name not in used and not any(u.startswith(name + ".") or name.startswith(u + ".") for u in used):
             parent_path, _, attr = name.rpartition(".")
