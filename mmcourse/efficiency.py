@@ -203,7 +203,7 @@ class EfficiencyConfig:
 
 
 EFFICIENCY: dict[str, EfficiencyConfig] = {
-    "smoke": EfficiencyConfig(train=1500, dev=300, test=600, epochs=2, student_epochs=1, few_labels=200, few_epochs=8,
+    "smoke": EfficiencyConfig(train=1500, dev=200, test=300, epochs=2, student_epochs=1, few_labels=200, few_epochs=8,
                               finetune_epochs=1, repeats=3, calibration_batches=2),
     "default": EfficiencyConfig(train=8000, dev=1000, test=4000, epochs=5, repeats=25),
     "full": EfficiencyConfig(train=60000, dev=5000, test=20000, epochs=10, batch_size=128, student_epochs=8,
