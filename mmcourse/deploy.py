@@ -45,6 +45,7 @@ import torch
 from torch import nn
 from torch.utils._pytree import tree_map, tree_map_with_path
 
+from .checks import check_int
 from .data.text import PAD_ID, WORLD_VOCAB, Vocab
 from .efficiency import build_model, check_architecture
 from .inference import InputSpec
@@ -426,12 +427,17 @@ class OnnxModel(nn.Module):
     ``nn.Module`` without parameters only so that :func:`mmcourse.inference.predict` takes it
     (pass ``device="cpu"``); ``input_spec``, ``vocab``, ``modalities`` come from the file.
 
+    Args:
+        path: the ``.onnx`` file.
+        threads: ONNX Runtime's intra- and inter-op threads (None: its default, every core); 1 for timing
+            on one thread beside single-threaded PyTorch.
+
     Raises (at construction):
         FileNotFoundError: no such file; ValueError: not an ONNX model, no mmcourse metadata, or
         metadata of another bundle version.
     """
 
-    def __init__(self, path):
+    def __init__(self, path, *, threads: int | None = None):
         super().__init__()
         import onnx
         import onnxruntime as ort
@@ -462,7 +468,10 @@ class OnnxModel(nn.Module):
         except json.JSONDecodeError as exc:
             raise ValueError(f"{path}: its mmcourse metadata is not JSON ({exc})") from None
         self.path = path
-        self.session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+        options = ort.SessionOptions()
+        if threads is not None:
+            options.intra_op_num_threads = options.inter_op_num_threads = check_int(threads, "threads")
+        self.session = ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
         names = [i.name for i in self.session.get_inputs()]
         if names != [*self.model_modalities, "present"]:
             raise ValueError(f"{path}: inputs {names} do not match its metadata's modalities "

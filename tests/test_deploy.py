@@ -237,3 +237,13 @@ def test_onnx_carries_its_metadata_and_refuses_files_without_it(onnx_path, onnx_
         OnnxModel(tmp_path / "junk.onnx")
     with pytest.raises(FileNotFoundError, match="does not exist"):
         OnnxModel(tmp_path / "none.onnx")
+
+
+def test_onnx_model_runs_on_the_threads_it_is_given(onnx_path, model):
+    one = OnnxModel(onnx_path, threads=1)
+    options = one.session.get_session_options()
+    assert options.intra_op_num_threads == 1 and options.inter_op_num_threads == 1
+    inputs, present = batch(8, seed=5)
+    torch.testing.assert_close(one(inputs, present), eager(model, inputs, present), rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="threads"):
+        OnnxModel(onnx_path, threads=0)
