@@ -14,19 +14,23 @@ checkout on ``PYTHONPATH``, so it runs on a lent GPU machine where nothing can b
    exact Bayes limits, and the model FLOP utilisation (MFU) of the largest model: training FLOPs per
    sample (3 x a forward pass, the usual estimate for forward + backward) x samples/s over the GPU's
    dense bf16 peak;
-4. writes ``build/GPU_REPORT.md`` (or ``$MMCOURSE_BUILD/GPU_REPORT.md``) and prints it.
+4. launches chapter 15's measured run under ``torchrun`` with one process (``--nproc-per-node=1``: one GPU
+   holds one NCCL rank), DDP and FSDP2, so the NCCL code path runs and its throughput is reported;
+5. writes ``build/GPU_REPORT.md`` (or ``$MMCOURSE_BUILD/GPU_REPORT.md``) and prints it.
 
 Exits with status 1 if a stage fails, and 2 if the run took longer than ``BUDGET_S``.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
 
 import torch
 
+from mmcourse import distributed
 from mmcourse.data import World, WorldConfig, bayes_table
 from mmcourse.models import count_flops, count_parameters
 from mmcourse.config import DOWNSTREAM_TASK, MAIN_TASK, pipeline_config
@@ -72,7 +76,26 @@ def utilisation_rows(result, data, device) -> list[str]:
     return rows
 
 
-def report(result, data, device, seconds: float) -> str:
+# Chapter 15's measured run per profile (scenes, per-rank batch, timed steps): about 10 s on a GPU in `full`.
+SCALING_SIZES = {"full": (8192, 256, 100), "default": (4096, 64, 50), "smoke": (256, 32, 4)}
+
+
+def scaling_rows(profile: str) -> list[str]:
+    """Chapter 15's bench under ``torchrun --nproc-per-node=1`` (NCCL on CUDA, gloo on a CPU), as table rows."""
+    scenes, batch, steps = SCALING_SIZES[profile]
+    out = build_dir("gpu_check") / "scaling_1.json"
+    run = ["bench", "--scenes", scenes, "--batch-size", batch, "--steps", steps, "--kinds", "ddp,fsdp", "--out", out]
+    done = distributed.torchrun(run, nproc=1,
+                                threads=torch.get_num_threads(), check=False)
+    if done.returncode != 0:
+        tail = done.stderr.strip().splitlines()[-1:] or ["no output"]
+        return [f"| failed (exit status {done.returncode}) | {tail[0][:200]} | | |"]
+    bench = json.loads(out.read_text())
+    return [f"| {kind} | {bench['backend']} on {bench['device']} | {bench[kind]['samples_per_s']:,.0f} | "
+            f"{bench[kind]['local_params']:,} of {bench[kind]['total_params']:,} |" for kind in ("ddp", "fsdp")]
+
+
+def report(result, data, device, seconds: float, scaling: list[str]) -> str:
     """The GPU report in Markdown."""
     config = result.config
     main = bayes_table(World(WorldConfig(image_size=config.image_size, label_rule=MAIN_TASK)))
@@ -94,7 +117,10 @@ def report(result, data, device, seconds: float) -> str:
              f"Training FLOPs per sample = {TRAIN_FLOPS_PER_FORWARD} x the encoders' forward FLOPs "
              "(torch's FLOP counter; the heads are negligible). MFU = achieved FLOP/s / the GPU's dense bf16 peak.",
              "", "| stage | model | parameters | training FLOPs per sample | achieved TFLOP/s | MFU |",
-             "|---|---|---:|---:|---:|---:|", *utilisation_rows(result, data, device)]
+             "|---|---|---:|---:|---:|---:|", *utilisation_rows(result, data, device), "",
+             "## Scaling out: one process under torchrun", "",
+             "Chapter 15's contrastive run, one rank (a second NCCL rank needs a second GPU).", "",
+             "| wrapper | backend | samples/s | parameters on the rank |", "|---|---|---:|---:|", *scaling]
     return "\n".join(lines) + "\n"
 
 
@@ -110,8 +136,9 @@ def main(argv=None) -> int:
     config = pipeline_config(args.profile, args.seed, **GPU_CHECK_SIZES[args.profile])
     data = pipeline_data(config)
     result = run_pipeline(config, device, resume=False, progress=False, data=data, root=build_dir("gpu_check"))
+    scaling = scaling_rows(args.profile)
     seconds = time.perf_counter() - start
-    text = report(result, data, device, seconds)
+    text = report(result, data, device, seconds, scaling)
     output = Path(args.output) if args.output else build_dir() / "GPU_REPORT.md"
     output.write_text(text)
     print(text)
