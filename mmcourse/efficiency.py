@@ -183,7 +183,7 @@ class EfficiencyConfig:
     alpha: float = 0.5
     few_epochs: int = 60
     prune_fraction: float = 0.5
-    finetune_epochs: int = 2
+    finetune_epochs: int = 3
     calibration_batches: int = 4
     repeats: int = 15
 
