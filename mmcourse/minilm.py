@@ -31,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import importlib.util
+import logging
 import warnings
 from pathlib import Path
 
@@ -149,8 +150,16 @@ def load_minilm(device=None):
     transformers = _transformers()
     transformers.utils.logging.disable_progress_bar()
     transformers.utils.logging.set_verbosity_error()
-    tokenizer = transformers.AutoTokenizer.from_pretrained(folder, local_files_only=True)
-    model = transformers.AutoModel.from_pretrained(folder, local_files_only=True, add_pooling_layer=False)
+    # transformers imports torchao when it is installed (chapter 14 needs it), and torchao's import logs a
+    # deprecation notice of torch's pytree registry with a timestamp: not ours, and noise in every output.
+    pytree_log = logging.getLogger("torch.utils._pytree")
+    level = pytree_log.level
+    pytree_log.setLevel(logging.ERROR)
+    try:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(folder, local_files_only=True)
+        model = transformers.AutoModel.from_pretrained(folder, local_files_only=True, add_pooling_layer=False)
+    finally:
+        pytree_log.setLevel(level)
     return tokenizer, model.to(torch.device("cpu") if device is None else device).eval()
 
 

@@ -28,6 +28,7 @@ def test_sanitiser_hides_paths_addresses_times_warnings_and_progress_bars():
            "/x/site-packages/torch/nn/modules/module.py:12: UserWarning: something\n"
            "  warnings.warn(msg)\n"
            " 40%|####      | 4/10 [00:01<00:02, 3.1it/s]\n"
+           "W1202 16:24:01.591000 19530 torch/utils/_pytree.py:630] <enum 'KernelPreference'> is an Enum\n"
            "accuracy 0.779\n")
     assert _sanitize(raw) == ("wrote <PATH>/build/data/m.jsonl\n<Figure at 0xADDRESS>\n"
                               "training took <TIME>\naccuracy 0.779\n")
