@@ -47,7 +47,7 @@ from torch.utils._pytree import tree_map, tree_map_with_path
 
 from .checks import check_int
 from .data.text import PAD_ID, WORLD_VOCAB, Vocab
-from .efficiency import build_model, check_architecture
+from .efficiency import build_model, check_architecture, export_dims
 from .inference import InputSpec
 from .modality import MODALITIES, presence_of
 from .utils import atomic_write
@@ -64,8 +64,6 @@ EXAMPLE_BATCH, EXAMPLE_TOKENS = 2, 4
 # Loggers of the ONNX optimiser whose warnings about its own passes ("Skipping constant folding for op
 # SequenceEmpty", from EmbeddingBag's lowering) say nothing about the exported model.
 QUIET_LOGGERS = ("onnxscript.optimizer", "onnx_ir.passes")
-BATCH = torch.export.Dim("batch")
-TOKENS = torch.export.Dim("tokens")
 
 
 @dataclass
@@ -258,7 +256,7 @@ def _dynamic_shapes(example_inputs: tuple):
     def dims(path, x):
         if not isinstance(x, torch.Tensor):
             return None
-        return {0: BATCH, 1: TOKENS} if _is_text(path, x) else {0: BATCH}
+        return export_dims("text" if _is_text(path, x) else "")
     return tree_map_with_path(dims, example_inputs)
 
 
@@ -398,7 +396,7 @@ def export_onnx(model: nn.Module, spec: InputSpec, path, *, example=None, vocab:
         raise ValueError(f"example inputs lack {missing}: the ONNX signature has every modality of the model "
                          f"({list(modalities)}); mark absent samples False in present instead")
     args = tuple(inputs[m].clone() for m in modalities) + (present.clone(),)
-    dynamic = tuple({0: BATCH, 1: TOKENS} if m == "text" else {0: BATCH} for m in modalities) + ({0: BATCH},)
+    dynamic = tuple(export_dims(m) for m in (*modalities, "present"))
     was_training = model.training
     model.eval()
     try:

@@ -231,9 +231,6 @@ def student_architecture(config: EfficiencyConfig) -> dict:
     return architecture(config.student_widths, config.student_dim, config.student_hidden)
 
 
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
 
 # ----------------------------------------------------------------------------- training the chapter's models
 
@@ -561,10 +558,20 @@ class FreshInputs(nn.Module):
         return self.graph(_fresh(inputs))
 
 
+# The one rule of every export of this family (torch.export, PT2E, ONNX): dim 0 of every input is the
+# batch, and dim 1 of the token ids is the caption length; both stay symbolic.
+BATCH = torch.export.Dim("batch")
+TOKENS = torch.export.Dim("tokens")
+
+
+def export_dims(name: str) -> dict[int, torch.export.Dim]:
+    """The dynamic dims of input ``name`` (a modality, or ``"present"``): the batch, and for ``"text"`` the length."""
+    return {0: BATCH, 1: TOKENS} if name == "text" else {0: BATCH}
+
+
 def dynamic_shapes(inputs: Mapping[str, torch.Tensor]) -> dict:
-    """``torch.export`` dynamic shapes for a batch dict: the batch dim of every input and the caption length."""
-    dyn = torch.export.Dim.AUTO
-    return {m: {0: dyn, 1: dyn} if m == "text" else {0: dyn} for m in inputs}
+    """``torch.export`` dynamic shapes for a batch dict {name: (B, ...)} (:func:`export_dims` of every key)."""
+    return {m: export_dims(m) for m in inputs}
 
 
 def drop_unused_attributes(graph_module: torch.fx.GraphModule) -> torch.fx.GraphModule:

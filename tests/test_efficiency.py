@@ -11,6 +11,7 @@ from torch import nn
 from mmcourse import efficiency as eff
 from mmcourse.config import PROFILES
 from mmcourse.data.text import PAD_ID
+from mmcourse.models import count_parameters
 
 TINY = eff.architecture((4, 4, 4), 16, 16)
 
@@ -34,8 +35,8 @@ def tiny_batch(b=5, seed=0):
 def test_every_profile_has_settings_and_a_quarter_size_student(name):
     config = eff.efficiency_config(name)
     assert config == eff.efficiency_config(PROFILES[name])
-    teacher = eff.count_parameters(eff.build_model(eff.teacher_architecture(config)))
-    student = eff.count_parameters(eff.build_model(eff.student_architecture(config)))
+    teacher = count_parameters(eff.build_model(eff.teacher_architecture(config)))
+    student = count_parameters(eff.build_model(eff.student_architecture(config)))
     assert 0.2 <= student / teacher <= 0.3
 
 
@@ -185,7 +186,7 @@ def test_channel_pruning_rebuilds_smaller_layers_of_the_right_shapes():
     assert [b[1].num_features for b in image.blocks] == [4, 4, 8]
     assert tuple(image.project.weight.shape) == (16, 8, 1, 1)
     assert tuple(audio.project.weight.shape) == (16, 8) and audio.blocks[0][0].in_channels == 1
-    assert eff.count_parameters(pruned) < eff.count_parameters(model)
+    assert count_parameters(pruned) < count_parameters(model)
     assert pruned(tiny_batch()).shape == (5, 10)
     with pytest.raises(ValueError, match="fraction"):
         eff.prune_channels(model, 1.0)
