@@ -615,9 +615,15 @@ _MAP_LAYOUT = {
     "cross-modal model": ((6.0, 1.0), "02, 10"),
     "inference": ((7.5, 1.0), "10"),
 }
-_TAGGING = ("token tagging, MiniLM", (6.0, 2.2), "09")      # a task adapted like chapter 08's, beside the map
-_APPLICATIONS = ("applications (§6)", (7.5, 2.2), "11-13")   # surveillance, medical, driving: the model in use
-_DEPLOYMENT = ("efficiency, scale-out (§8)", (7.5, -0.1), "14-15")   # a smaller model, served; many processes
+# Boxes beside the pipeline: (name, position, chapters, the pipeline step they grow from).
+_BESIDE = (
+    ("token tagging, MiniLM", (6.0, 2.2), "09", "task adaptation"),    # a task adapted like chapter 08's
+    ("applications (§6)", (7.5, 2.2), "11-13", "inference"),           # surveillance, medical, driving
+    ("efficiency, scale-out (§8)", (7.5, -0.1), "14-15", "inference"), # a smaller model, served; many processes
+    ("third-party data: easy-vqa", (0.0, 2.2), "16", "multimodal data"),  # the same tools on somebody else's data
+    ("hyper-parameter search", (3.0, 2.2), "18", "joint training"),    # the training run, tuned honestly
+    ("frontiers (§6.4, §8)", (4.5, -0.1), "17", "cross-modal model"),  # domain shift, knowledge graphs, reading
+)
 _STAGE_ROW_Y = -1.1                                           # the row of the three stages (the article's §3.1)
 
 
@@ -626,12 +632,9 @@ def plot_course_map():
     the three training stages in order (its §3.1), pretraining first."""
     boxes = {name: Box(name, xy, f"(ch. {chapters})") for name, (xy, chapters) in _MAP_LAYOUT.items()}
     arrows = [(src, dst, "") for src, dst in PIPELINE_EDGES]
-    boxes[_TAGGING[0]] = Box(_TAGGING[0], _TAGGING[1], f"(ch. {_TAGGING[2]})", "data")
-    arrows.append(("task adaptation", _TAGGING[0], ""))
-    boxes[_APPLICATIONS[0]] = Box(_APPLICATIONS[0], _APPLICATIONS[1], f"(ch. {_APPLICATIONS[2]})", "data")
-    arrows.append(("inference", _APPLICATIONS[0], ""))
-    boxes[_DEPLOYMENT[0]] = Box(_DEPLOYMENT[0], _DEPLOYMENT[1], f"(ch. {_DEPLOYMENT[2]})", "data")
-    arrows.append(("inference", _DEPLOYMENT[0], ""))
+    for name, xy, chapters, grows_from in _BESIDE:
+        boxes[name] = Box(name, xy, f"(ch. {chapters})", "data")
+        arrows.append((grows_from, name, ""))
     for i, (name, chapter, *_) in enumerate(STAGES):
         boxes[name] = Box(name, (1.0 + 2.75 * i, _STAGE_ROW_Y), f"(ch. {chapter})", "trained")
         if i:

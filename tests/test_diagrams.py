@@ -8,7 +8,7 @@ from matplotlib.figure import Figure
 from torch import nn
 
 from mmcourse.adapt import Adapter, add_adapters, add_lora
-from mmcourse.diagrams import (_MAP_LAYOUT, STAGES, draw_adapter, draw_contrastive, draw_encoder,
+from mmcourse.diagrams import (_BESIDE, _MAP_LAYOUT, STAGES, draw_adapter, draw_contrastive, draw_encoder,
                                draw_encoder_families, draw_fusion, draw_fusion_families, draw_lora,
                                draw_training_stages, format_shape, format_shapes, plot_course_map, render, Box,
                                trace)
@@ -213,11 +213,13 @@ def test_plot_course_map_draws_the_pipeline_and_the_three_stages():
     ax = fig.axes[0]
     assert ax.get_title()
     names = [t.get_text().split("\n")[0] for t in ax.texts if t.get_text()]
-    assert (set(_MAP_LAYOUT) | {s[0] for s in STAGES} | {"token tagging, MiniLM", "applications (§6)",
-                                                           "efficiency, scale-out (§8)"}
-            == set(names))
+    beside = {b[0] for b in _BESIDE}
+    assert {"token tagging, MiniLM", "applications (§6)", "efficiency, scale-out (§8)", "third-party data: easy-vqa",
+            "frontiers (§6.4, §8)", "hyper-parameter search"} == beside
+    assert set(_MAP_LAYOUT) | {s[0] for s in STAGES} | beside == set(names)
+    assert all(b[3] in _MAP_LAYOUT for b in _BESIDE)                          # each grows from a pipeline step
     arrows = [t for t in ax.texts if not t.get_text()]
-    assert len(arrows) == len(PIPELINE_EDGES) + 3 + len(STAGES) - 1   # + tagging, applications, efficiency + stages 1 -> 2 -> 3
+    assert len(arrows) == len(PIPELINE_EDGES) + len(_BESIDE) + len(STAGES) - 1   # + one per box beside + stages 1 -> 2 -> 3
     stage_x = [t.get_position()[0] for t in ax.texts if t.get_text().startswith("stage")]
     assert stage_x == sorted(stage_x)                                          # left to right, stage 1 first
 
