@@ -4,7 +4,8 @@ Each :class:`Reference` gives the authors' surnames, the year, the title, and an
 DOI; two conference papers that have neither (Bergstra et al. 2011, NeurIPS; Hutter et al. 2014, ICML/PMLR)
 carry the stable address of their proceedings or open archive instead (``url``). Every entry was looked up
 (arXiv abstract pages, the publishers' pages) before it was listed. The article's own list (its §7.3)
-cannot be verified: its entries name books and courses without authors, years, venues or identifiers.
+cannot be verified: it gives five paper titles, each with a one-line summary and no author, year, venue or
+identifier to look them up by.
 
 :func:`find_citations` reads citations in the text forms the course uses, and :func:`unlisted` names those
 missing from :data:`REFERENCES` (the test ``tests/test_references.py`` runs it over the package and notebooks).
