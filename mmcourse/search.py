@@ -98,8 +98,8 @@ class SearchConfig:
     halvings: int = 500
 
     def __post_init__(self):
-        _check_positive(self, ("train", "dev", "test", "audit", "epochs", "trials", "startup_trials",
-                               "repro_trials", "repro_epochs", "repro_startup_trials", "batch_size", "image_size", "halvings"))
+        _check_positive(self, ("train", "dev", "test", "audit", "epochs", "trials", "startup_trials", "repro_trials",
+                               "repro_epochs", "repro_startup_trials", "batch_size", "image_size", "halvings"))
         for startup, trials in (("startup_trials", "trials"), ("repro_startup_trials", "repro_trials")):
             if getattr(self, startup) > getattr(self, trials):
                 raise ValueError(f"SearchConfig.{startup} ({getattr(self, startup)}) must be <= {trials} "
@@ -314,6 +314,7 @@ def plot_history(study: optuna.Study, limit: float | None = None, title: str = "
     if limit is not None:
         ax.axhline(limit, color="k", ls="--", lw=1, label=f"Bayes limit (dev) {limit:.3f}")
     ax.set(xlabel="trial number", ylabel="dev accuracy (6 classes)", title=title)
+    ax.xaxis.get_major_locator().set_params(integer=True)
     ax.title.set_fontsize(9)
     ax.legend(fontsize=8, loc="lower right")
     return ax.figure
@@ -354,21 +355,24 @@ def draw_search_loop(title: str = "The search loop: only dev scores reach the sa
     import matplotlib.pyplot as plt
     from matplotlib.patches import FancyBboxPatch
     fig, ax = plt.subplots(figsize=(10, 3.4))
-    boxes = {"sampler": (0.08, 0.7, "TPE sampler\n(seeded)"), "params": (0.3, 0.7, "params\nlr, wd, dropout, width"),
-             "train": (0.54, 0.7, "train on train split\n(raw camera, lidar, radar)"),
+    boxes = {"sampler": (0.04, 0.7, "TPE sampler\n(seeded)"),
+             "params": (0.29, 0.7, "params\nlr, wd, dropout, width"),
+             "train": (0.545, 0.7, "train on train split\n(raw camera, lidar, radar)"),
              "dev": (0.8, 0.7, "dev accuracy\n(the objective)"), "study": (0.44, 0.2, "study in sqlite\nbuild/search/*.db"),
              "test": (0.8, 0.2, "test accuracy\nof the best params, once")}
+    patches = {}
     for name, (x, y, text) in boxes.items():
         colour = "#fde2e2" if name == "test" else "#e3eefc"
-        ax.add_patch(FancyBboxPatch((x - 0.095, y - 0.11), 0.19, 0.22, boxstyle="round,pad=0.01", fc=colour, ec="k"))
+        patches[name] = ax.add_patch(FancyBboxPatch((x - 0.09, y - 0.11), 0.18, 0.22, boxstyle="round,pad=0.01",
+                                                    fc=colour, ec="k"))
         ax.text(x, y, text, ha="center", va="center", fontsize=8)
     arrows = [("sampler", "params", "suggest"), ("params", "train", ""), ("train", "dev", "score"),
               ("dev", "study", "tell"), ("study", "sampler", "history"), ("study", "test", "best_params")]
-    for a, b, label in arrows:
+    for a, b, label in arrows:                          # arrows clipped to the boxes' edges
         (xa, ya, _), (xb, yb, _) = boxes[a], boxes[b]
-        ax.annotate("", (xb, yb), (xa, ya), arrowprops=dict(arrowstyle="->", shrinkA=28, shrinkB=28))
-        ax.text((xa + xb) / 2, (ya + yb) / 2 + 0.04, label, ha="center", fontsize=7, color="0.3")
-    ax.set(xlim=(-0.05, 0.95), ylim=(0, 0.9), title=title)
+        ax.annotate("", (xb, yb), (xa, ya), arrowprops=dict(arrowstyle="->", patchA=patches[a], patchB=patches[b]))
+        ax.text((xa + xb) / 2, (ya + yb) / 2 + 0.03, label, ha="center", fontsize=7, color="0.3")
+    ax.set(xlim=(-0.06, 0.9), ylim=(0.05, 0.85), title=title)
     ax.title.set_fontsize(9)
     ax.axis("off")
     return fig
