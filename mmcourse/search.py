@@ -358,7 +358,8 @@ def draw_search_loop(title: str = "The search loop: only dev scores reach the sa
     boxes = {"sampler": (0.04, 0.7, "TPE sampler\n(seeded)"),
              "params": (0.29, 0.7, "params\nlr, wd, dropout, width"),
              "train": (0.545, 0.7, "train on train split\n(raw camera, lidar, radar)"),
-             "dev": (0.8, 0.7, "dev accuracy\n(the objective)"), "study": (0.44, 0.2, "study in sqlite\nbuild/search/*.db"),
+             "dev": (0.8, 0.7, "dev accuracy\n(the objective)"),
+             "study": (0.44, 0.2, "study in sqlite\nbuild/search/*.db"),
              "test": (0.8, 0.2, "test accuracy\nof the best params, once")}
     patches = {}
     for name, (x, y, text) in boxes.items():
