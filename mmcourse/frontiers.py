@@ -545,7 +545,8 @@ class FrontiersConfig:
 
 FRONTIERS: dict[str, FrontiersConfig] = {
     "smoke": FrontiersConfig(source=1000, target=1000, test=1000, epochs=2, seeds=(0,)),
-    "default": FrontiersConfig(source=4000, target=4000, test=3000, epochs=4),
+    # 6 epochs: at 4, DANN's domain loss was still falling and it closed 52 % of the gap over seeds 0-2 (61 % at 6)
+    "default": FrontiersConfig(source=4000, target=4000, test=3000, epochs=6, seeds=(0, 1, 2)),
     "full": FrontiersConfig(source=40000, target=40000, test=20000, epochs=15, batch_size=128, dim=64,
                             widths=(16, 32, 64), hidden=128, seeds=(0, 1, 2, 3, 4)),
 }
