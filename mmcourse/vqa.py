@@ -218,10 +218,13 @@ def split_by_image(split: VQASplit, dev_images: int, seed: int) -> tuple[VQASpli
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     is_dev = torch.zeros(n, dtype=torch.bool)
     is_dev[order[:dev_images]] = True
-    return _subset(split, ~is_dev), _subset(split, is_dev)
+    return subset(split, ~is_dev), subset(split, is_dev)
 
 
-def _subset(split: VQASplit, keep: torch.Tensor) -> VQASplit:
+def subset(split: VQASplit, keep: torch.Tensor) -> VQASplit:
+    """The images where ``keep`` (N,) bool is True, with all their questions (and only theirs), indices renumbered."""
+    if keep.dtype != torch.bool or keep.shape != (len(split.images),):
+        raise ValueError(f"keep must be a bool tensor ({len(split.images)},), got {keep.dtype} {tuple(keep.shape)}")
     new_row = torch.cumsum(keep.long(), 0) - 1                               # (N,): old row -> new row
     q = keep[split.image_index]                                              # (Q,)
     rows = q.nonzero().squeeze(1)
