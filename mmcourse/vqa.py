@@ -10,7 +10,9 @@ images of one coloured shape each, and short English questions about them with o
 A question is asked of one image, and an image has about ten questions. A training step therefore takes a
 batch of images and *all* their questions: the images are encoded once, (B_img, P, D), and each question
 gathers its image's features by an index (``image_index``, (B_q,)). The distinct question texts of the batch
-are encoded once too (``texts`` (T, L), ``text_index`` (B_q,)). :class:`VQAModel` is encoder + gather + a fusion
+are encoded once too (``texts`` (T, L), ``text_index`` (B_q,)). The gathers use ``index_select``: the backward of
+advanced indexing (``v[image_index]``) with repeated indices gave different weights from the same seed on two CPU
+threads (measured with the cross-attention head), ``index_select``'s backward repeats exactly. :class:`VQAModel` is encoder + gather + a fusion
 head; the heads (``HEADS``) are image-only (a baseline), concatenation and elementwise product (chapter 05's
 :class:`~mmcourse.fusion.ConcatFusion` and :class:`~mmcourse.fusion.ProductFusion` on pooled vectors), FiLM
 (Perez et al. 2018: the question scales and shifts every channel of the image's feature map) and
@@ -423,7 +425,7 @@ class ImageOnlyHead(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(), nn.Linear(hidden, num_answers))
 
     def forward(self, v, image_index, question, texts, text_index):
-        return self.mlp(v.mean(1)[image_index])                               # (B_q, C)
+        return self.mlp(v.mean(1).index_select(0, image_index))              # (B_q, C)
 
 
 class PooledFusionHead(nn.Module):
@@ -435,7 +437,8 @@ class PooledFusionHead(nn.Module):
         self.head = nn.Linear(fusion.out_dim, num_answers)
 
     def forward(self, v, image_index, question, texts, text_index):
-        features = {"image": v.mean(1)[image_index], "text": question(texts)[text_index]}   # (B_q, D) each
+        features = {"image": v.mean(1).index_select(0, image_index),           # (B_q, D)
+                    "text": question(texts).index_select(0, text_index)}    # (B_q, D)
         return self.head(self.fusion(features))                                # (B_q, C)
 
 
@@ -451,8 +454,8 @@ class FiLMHead(nn.Module):
 
     def forward(self, v, image_index, question, texts, text_index):
         dgamma, beta = self.film(question(texts)).chunk(2, dim=1)              # (T, D) each
-        g, b = dgamma[text_index].unsqueeze(1), beta[text_index].unsqueeze(1)  # (B_q, 1, D)
-        h = torch.relu((1 + g) * v[image_index] + b)                           # (B_q, P, D)
+        g, b = dgamma.index_select(0, text_index)[:, None], beta.index_select(0, text_index)[:, None]  # (B_q, 1, D)
+        h = torch.relu((1 + g) * v.index_select(0, image_index) + b)          # (B_q, P, D)
         return self.head(self.project(h).mean(1))                              # (B_q, C)
 
 
@@ -470,8 +473,9 @@ class CrossAttentionHead(nn.Module):
 
     def forward(self, v, image_index, question, texts, text_index):
         words, mask = question.tokens(texts)                                   # (T, L, D), (T, L)
-        words, mask = words[text_index], mask[text_index]                      # (B_q, L, D), (B_q, L)
-        seen, _ = self.attend(words, v[image_index], v[image_index], need_weights=False)   # (B_q, L, D)
+        words, mask = words.index_select(0, text_index), mask.index_select(0, text_index)   # (B_q, L, D), (B_q, L)
+        patches = v.index_select(0, image_index)                               # (B_q, P, D)
+        seen, _ = self.attend(words, patches, patches, need_weights=False)     # (B_q, L, D)
         return self.mlp(masked_mean(words + seen, mask))                       # (B_q, C)
 
 
