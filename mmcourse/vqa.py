@@ -626,8 +626,3 @@ def accuracy_by_type(pred: np.ndarray, truth: np.ndarray, kinds: np.ndarray) -> 
     out = {"all": float(correct.mean())}
     out.update({name: float(correct[kinds == k].mean()) for k, name in enumerate(QUESTION_TYPES) if (kinds == k).any()})
     return out
-
-
-def binomial_se(accuracy: float, n: int) -> float:
-    """The binomial standard error sqrt(p (1 - p) / n) of an accuracy measured on n questions."""
-    return float(np.sqrt(accuracy * (1 - accuracy) / n))

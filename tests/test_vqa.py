@@ -7,7 +7,6 @@ import json
 import sys
 import time
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -206,6 +205,3 @@ def test_the_wheels_top_level_test_package_is_never_imported():
     assert spec is None or "site-packages" not in str(spec.origin)
 
 
-def test_binomial_se():
-    assert vqa.binomial_se(0.5, 100) == pytest.approx(0.05)
-    assert np.isclose(vqa.binomial_se(1.0, 10), 0.0)
