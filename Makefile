@@ -27,7 +27,7 @@ export JUPYTER_PLATFORM_DIRS := 1
 
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 
-.PHONY: setup test unit torchrun notebooks-smoke grading assignments grade course verify lab execute clean bench gpu-check
+.PHONY: setup test unit torchrun notebooks-smoke grading browser book assignments grade course verify lab execute clean bench gpu-check
 
 setup: $(STAMP)
 
@@ -41,11 +41,11 @@ endif
 	touch $@
 
 ## make test: unit tests, the multi-process tests, every notebook top to bottom in the smoke profile (nbval),
-## then the assignments graded.
-test: setup unit torchrun notebooks-smoke grading
+## the assignments graded, then the website built and the reader's path driven in a real browser.
+test: setup unit torchrun notebooks-smoke grading browser
 
 unit: setup
-	$(BIN)/python -m pytest -q tests --ignore=tests/grading --ignore=tests/distributed
+	$(BIN)/python -m pytest -q tests --ignore=tests/grading --ignore=tests/distributed --ignore=tests/browser
 
 ## make torchrun: the tests that launch `torchrun --nproc-per-node=2` (gloo on the CPU; two launches, chapter 15).
 torchrun: setup
@@ -64,6 +64,16 @@ TIMEOUT ?= 60
 grade: setup
 	@test -n "$(SUBMISSIONS)" || { echo "usage: make grade SUBMISSIONS=dir (dir/<student>/<assignment>/<assignment>.ipynb)" >&2; exit 2; }
 	$(BIN)/python -m classroom --timeout $(TIMEOUT) grade $(SUBMISSIONS)
+
+## make browser: Chromium (Debian's, through Playwright) reads the built site and runs chapter 00 and an
+## assignment in JupyterLab; screenshots in build/browser/. Skips without Chromium unless CI=true.
+browser: setup book
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests/browser
+
+## make book: the course as a static website in build/site/ (open build/site/index.html), from the committed
+## notebooks, offline, nothing executed; fails on any Sphinx warning or broken internal link.
+book: setup
+	$(BIN)/python -m mmcourse.site
 
 notebooks-smoke: setup
 	MMCOURSE_PROFILE=smoke MMCOURSE_PROGRESS=0 $(BIN)/python -m pytest -q --nbval-lax \
@@ -86,8 +96,11 @@ execute: setup
 # Jupyter refuses to run as root unless told to (containers often run as root).
 LAB_FLAGS ?= $(if $(filter 0,$(shell id -u)),--allow-root)
 
+# make lab [LAB_DIR=folder] [LAB_ARGS="--port=8899 ..."]: the browser test starts it this way on a copy.
+LAB_DIR ?= notebooks/
+LAB_ARGS ?=
 lab: setup
-	$(BIN)/jupyter lab $(LAB_FLAGS) notebooks/
+	$(BIN)/jupyter lab $(LAB_FLAGS) $(LAB_ARGS) $(LAB_DIR)
 
 bench: setup
 	$(BIN)/python benchmarks/bench_generate.py
