@@ -14,7 +14,12 @@ import pytest
 
 WORKER = Path(__file__).with_name("worker.py")
 ROOT = Path(__file__).resolve().parents[2]
-LOSS_TOL, GRAD_TOL, WEIGHT_TOL = 1e-6, 1e-5, 1e-5   # float32; measured: 0, 4e-8, 2.5e-6
+# float32. Measured on two machines of this course (both 2-core Xeons): loss 0 and 0, gradients 4e-8, weights
+# 2.5e-6 on one and 5.4e-5 on another (with AMX), the same on every run of each. The weights' tolerance is the
+# widest because AdamW divides each step by the gradient's own size, so rounding in a tiny gradient becomes a
+# visible change of its parameter; a real mistake (a rank on the wrong shard, a skipped all-reduce) changes
+# the weights by the order of a whole step, lr = 1e-2, each step.
+LOSS_TOL, GRAD_TOL, WEIGHT_TOL = 1e-6, 1e-5, 1e-4
 
 
 def _launch(mode: str, out: Path) -> subprocess.CompletedProcess:
