@@ -67,12 +67,8 @@ def browser():
         chromium.close()
 
 
-@pytest.fixture
-def page(browser, request):
-    """A fresh context whose every request off localhost is refused and recorded; none may happen.
-
-    A failing test leaves a screenshot of where it stopped: build/browser/failed_<test>.png.
-    """
+def _guarded_context(browser):
+    """A new browser context whose every request off localhost is refused, and the list that records them."""
     context = browser.new_context(viewport={"width": 1280, "height": 900})
     left: list[str] = []
 
@@ -85,6 +81,16 @@ def page(browser, request):
             r.abort()
 
     context.route("**/*", route)
+    return context, left
+
+
+@pytest.fixture
+def page(browser, request):
+    """A page in a guarded context (:func:`_guarded_context`): no request may leave localhost.
+
+    A failing test leaves a screenshot of where it stopped: build/browser/failed_<test>.png.
+    """
+    context, left = _guarded_context(browser)
     page = context.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
@@ -165,6 +171,15 @@ def test_home_page_shows_the_syllabus_and_every_chapter_its_figures_and_math(pag
         if path.stem.startswith("05"):
             page.locator("mjx-container").first.scroll_into_view_if_needed()
             page.screenshot(path=str(SHOTS / "site_chapter_05.png"))
+
+
+def test_the_guard_catches_a_request_that_leaves_localhost(browser, site_url):
+    context, left = _guarded_context(browser)
+    page = context.new_page()
+    page.goto(f"{site_url}/index.html")
+    page.evaluate("() => fetch('https://cdn.example.org/mathjax.js').catch(() => null)")
+    context.close()
+    assert left == ["https://cdn.example.org/mathjax.js"]
 
 
 def test_search_finds_a_chapter(page, site_url):
