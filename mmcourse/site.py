@@ -23,6 +23,7 @@ allowed; scripts, styles, images and frames from them are not).
 from __future__ import annotations
 
 import argparse
+import functools
 import html.parser
 import json
 import os
@@ -69,6 +70,11 @@ def _limit_of(name):
     return lambda v, t: f"{_bayes(t[name]):.3f}"
 
 
+def _beside_bayes(name, label):
+    """The common row: figure ``name`` (an accuracy) beside the Bayes value its target states."""
+    return Headline(_acc(name, label), _limit_of(name))
+
+
 _TEACHER = "teacher accuracy minus Bayes"
 
 HEADLINES: dict[str, Headline] = {
@@ -81,20 +87,15 @@ HEADLINES: dict[str, Headline] = {
                    lambda v, t: f"{v['Bayes accuracy, image + text']:.3f} (image + text)"),
     "03": Headline(_acc("test accuracy, large training set, no regulariser", "linear model, 20,000 scenes: "),
                    lambda v, t: f"{v['Bayes accuracy, image + text']:.3f}"),
-    "04": Headline(_acc("best image encoder (cnn): test accuracy", "image CNN: "),
-                   _limit_of("best image encoder (cnn): test accuracy")),
-    "05": Headline(_acc("test accuracy, low_rank fusion (chosen on dev), all modalities", "low-rank fusion: "),
-                   _limit_of("test accuracy, low_rank fusion (chosen on dev), all modalities")),
+    "04": _beside_bayes("best image encoder (cnn): test accuracy", "image CNN: "),
+    "05": _beside_bayes("test accuracy, low_rank fusion (chosen on dev), all modalities", "low-rank fusion: "),
     "06": Headline(_acc("Recall@10, image->text (1000 pairs)", "Recall@10 image→text, no labels: "),
                    lambda v, t: f"{v['Recall@10 ceiling, image->text']:.3f}"),
-    "07": Headline(_acc("test accuracy, final joint model (stage 1, multi-task, dropout)", "joint model: "),
-                   _limit_of("test accuracy, final joint model (stage 1, multi-task, dropout)")),
-    "08": Headline(_acc("top_layers: test accuracy", "stage 1 + top layers: "),
-                   _limit_of("top_layers: test accuracy")),
+    "07": _beside_bayes("test accuracy, final joint model (stage 1, multi-task, dropout)", "joint model: "),
+    "08": _beside_bayes("top_layers: test accuracy", "stage 1 + top layers: "),
     "09": Headline(_acc("text only, MiniLM + LoRA: accuracy", "MiniLM + LoRA, captions only: "),
                    lambda v, t: f"{_bayes(t['text only, MiniLM + LoRA: accuracy']):.3f} (text)"),
-    "10": Headline(_acc("stage 2 test accuracy (shape_and_sound)", "the pipeline, stage 2: "),
-                   _limit_of("stage 2 test accuracy (shape_and_sound)")),
+    "10": _beside_bayes("stage 2 test accuracy (shape_and_sound)", "the pipeline, stage 2: "),
     "11": Headline(lambda v, t: "mid fusion, average precision: " + format(
                        _bayes(t["mid fusion: test-set Bayes AP minus the model's AP"])
                        - v["mid fusion: test-set Bayes AP minus the model's AP"], ".3f"),
@@ -224,12 +225,18 @@ def _references() -> str:
 
 
 def _stem(chapter: str) -> str:
-    from .course import notebooks
-
-    names = [p.stem for p in notebooks() if p.name.startswith(chapter)]
+    """The notebook name of chapter ``"05"`` (``"05_fusion"``); the glossary and reading list ask per row."""
+    names = [stem for stem in _stems() if stem.startswith(chapter)]
     if len(names) != 1:
         raise ValueError(f"chapter {chapter!r} names {len(names)} notebooks")
     return names[0]
+
+
+@functools.lru_cache(maxsize=1)
+def _stems() -> tuple[str, ...]:
+    from .course import notebooks
+
+    return tuple(p.stem for p in notebooks())
 
 
 def _teaching() -> str:
